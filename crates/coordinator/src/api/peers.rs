@@ -1,0 +1,26 @@
+//! `GET /peers`: the agents the coordinator has seen.
+
+use axum::Json;
+use axum::extract::State;
+use runwarden_protocol::api::{Envelope, PeerInfo, PeerList};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn list_peers(
+    State(state): State<AppState>,
+) -> Result<Json<Envelope<PeerList>>, ApiError> {
+    let list = state
+        .storage
+        .peers()
+        .await?
+        .into_iter()
+        .map(|peer| PeerInfo {
+            online: state.peers.get(&peer.peer_id).is_some(),
+            last_seen: humantime::format_rfc3339_millis(peer.last_seen).to_string(),
+            agent_version: peer.agent_version,
+            peer_id: peer.peer_id,
+        })
+        .collect();
+    Ok(Json(Envelope::ok(PeerList { list })))
+}

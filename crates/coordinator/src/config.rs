@@ -1,0 +1,148 @@
+//! Coordinator configuration, read from a TOML file.
+//!
+//! Every option has a default, so an empty file (or none) is a valid
+//! configuration. Unknown keys are rejected, so a misspelt option fails at
+//! start-up instead of being ignored.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7300";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Address and port of the REST API and the agent link.
+    pub listen: SocketAddr,
+    /// Timeout in seconds for jobs whose request leaves `timeout` at 0.
+    pub default_timeout_secs: u32,
+    /// Largest `timeout` in seconds a request may ask for; larger values are
+    /// rejected at submit time.
+    pub max_timeout_secs: u32,
+    /// Largest request body in bytes; larger bodies get HTTP 413.
+    pub max_body_bytes: usize,
+    /// Largest script store entry in bytes.
+    pub max_script_bytes: usize,
+    /// Largest number of peers in one task.
+    pub max_peers_per_task: usize,
+    /// Seconds `/script/sync` waits past the task's timeout before it answers
+    /// with the task still running.
+    pub sync_grace_secs: u64,
+    /// Seconds the coordinator waits for an agent to answer a live query
+    /// (`/script/peer/taskinfo`) or a script fetch.
+    pub peer_query_timeout_secs: u64,
+    /// Seconds the coordinator waits for an agent to confirm a cancel. The
+    /// agent answers once the job's process tree is gone, which can take its
+    /// kill grace period, so keep this above the agents' `kill_grace_secs`.
+    pub cancel_timeout_secs: u64,
+    /// Seconds a new agent connection has to send its `Hello`.
+    pub hello_timeout_secs: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            default_timeout_secs: 3600,
+            max_timeout_secs: 86_400,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_script_bytes: 4 * 1024 * 1024,
+            max_peers_per_task: 10_000,
+            sync_grace_secs: 30,
+            peer_query_timeout_secs: 10,
+            cancel_timeout_secs: 30,
+            hello_timeout_secs: 10,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Reads a configuration file.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the file cannot be read, is not valid TOML, has an unknown
+    /// key, or breaks a rule of [`CoordinatorConfig::validate`].
+    pub fn from_file(path: &Path) -> anyhow::Result<CoordinatorConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read coordinator config `{}`", path.display()))?;
+        let config: CoordinatorConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid coordinator config `{}`", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid coordinator config `{}`", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks the rules between options, reporting every broken rule at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+
+        if self.default_timeout_secs == 0 {
+            problems.push("default_timeout_secs is 0; set it to at least 1".to_owned());
+        }
+        if self.default_timeout_secs > self.max_timeout_secs {
+            problems.push(format!(
+                "default_timeout_secs ({}) is above max_timeout_secs ({}); lower it or raise the maximum",
+                self.default_timeout_secs, self.max_timeout_secs
+            ));
+        }
+        if self.max_timeout_secs > i32::MAX as u32 {
+            problems.push(format!(
+                "max_timeout_secs ({}) is above {}, the largest timeout a request can carry",
+                self.max_timeout_secs,
+                i32::MAX
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            problems.push(format!(
+                "max_body_bytes ({}) is below 1024; requests would not fit",
+                self.max_body_bytes
+            ));
+        }
+        if self.max_peers_per_task == 0 {
+            problems.push("max_peers_per_task is 0; set it to at least 1".to_owned());
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config: CoordinatorConfig = toml::from_str("").unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let error = toml::from_str::<CoordinatorConfig>("listen_addr = \"x\"").unwrap_err();
+        assert!(error.to_string().contains("listen_addr"), "{error}");
+    }
+
+    #[test]
+    fn default_above_max_is_rejected() {
+        let config = CoordinatorConfig {
+            default_timeout_secs: 10,
+            max_timeout_secs: 5,
+            ..CoordinatorConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("default_timeout_secs (10)"), "{error}");
+    }
+}

@@ -1,0 +1,90 @@
+//! Starting and stopping a coordinator.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::CoordinatorConfig;
+use crate::peers::PeerRegistry;
+use crate::state::{AppState, TaskEvents};
+use crate::storage::Storage;
+
+/// A coordinator serving on its socket.
+pub struct RunningCoordinator {
+    /// The bound address; its port is the real one when the config asked
+    /// for port 0.
+    pub local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningCoordinator {
+    /// Binds the listen address and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the configuration is invalid or the address cannot be
+    /// bound.
+    pub async fn start(
+        config: CoordinatorConfig,
+        storage: Arc<dyn Storage>,
+    ) -> anyhow::Result<RunningCoordinator> {
+        config.validate().context("invalid coordinator config")?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to listen on {}; pick a free address with `listen` in the config or --listen",
+                    config.listen
+                )
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .context("failed to read bound address")?;
+
+        let state = AppState {
+            config: Arc::new(config),
+            storage,
+            peers: Arc::new(PeerRegistry::default()),
+            task_events: Arc::new(TaskEvents::default()),
+        };
+        let router = crate::api::router(state);
+
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        info!(%local_addr, "coordinator listening");
+
+        Ok(RunningCoordinator {
+            local_addr,
+            shutdown,
+            server,
+        })
+    }
+
+    /// Stops accepting connections and waits for the server to end.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.server
+            .await
+            .context("coordinator server task failed")?
+            .context("coordinator server failed")?;
+        info!("coordinator stopped");
+        Ok(())
+    }
+
+    /// Waits until the server ends by itself (it only does so on an error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.server
+            .await
+            .context("coordinator server task failed")?
+            .context("coordinator server failed")
+    }
+}

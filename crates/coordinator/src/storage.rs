@@ -1,0 +1,116 @@
+//! The coordinator's state store: tasks, jobs, stored scripts and peers.
+//!
+//! Handlers talk only to the [`Storage`] trait, so a durable backend can
+//! replace [`memory::MemoryStorage`] without touching them. Implementations
+//! must make each method atomic: in particular [`Storage::update_job`] must
+//! never let a final job change again, because a cancel and a normal end can
+//! race and the first to land decides the job's result.
+
+pub mod memory;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use runwarden_protocol::api::{JobRequest, ResCmd, ScriptContent, StoredScript, StoredScriptInfo};
+use runwarden_protocol::status::JobStatus;
+
+/// A task with its jobs.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub name: String,
+    pub creater: String,
+    pub created_at: SystemTime,
+    /// The request's `content` with the effective timeout filled in.
+    pub content: ScriptContent,
+    pub jobs: Vec<JobRecord>,
+}
+
+impl TaskRecord {
+    /// The request an agent gets for one job of this task.
+    pub fn job_request(&self, job: &JobRecord) -> JobRequest {
+        JobRequest {
+            taskid: self.task_id.clone(),
+            jobid: job.job_id.clone(),
+            name: self.name.clone(),
+            creater: self.creater.clone(),
+            content: self.content.clone(),
+        }
+    }
+}
+
+/// One job: one task on one peer.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub task_id: String,
+    pub peer_id: String,
+    pub status: JobStatus,
+    pub res_cmd: ResCmd,
+}
+
+/// A change to a job.
+#[derive(Debug, Clone)]
+pub enum JobUpdate {
+    /// The peer started the job's process. Applies only to a pending job.
+    Started,
+    /// The job ended. Applies only to a job that is not final yet.
+    Finished { status: JobStatus, res_cmd: ResCmd },
+}
+
+/// An agent the coordinator has seen.
+#[derive(Debug, Clone)]
+pub struct PeerRecord {
+    pub peer_id: String,
+    pub agent_version: String,
+    pub last_seen: SystemTime,
+}
+
+/// A failure of the storage backend itself (not a missing record).
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed to {operation}: {message}")]
+pub struct StorageError {
+    pub operation: &'static str,
+    pub message: String,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Stores a new task with its jobs.
+    async fn insert_task(&self, task: TaskRecord) -> Result<(), StorageError>;
+
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StorageError>;
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StorageError>;
+
+    /// Applies `update` to a job and returns the job as it is now, or `None`
+    /// when the job is unknown or the update does not apply (a `Started` for
+    /// a job that is no longer pending, or a `Finished` for a final job).
+    async fn update_job(
+        &self,
+        job_id: &str,
+        update: JobUpdate,
+    ) -> Result<Option<JobRecord>, StorageError>;
+
+    /// Jobs on `peer_id` that are pending or running.
+    async fn open_jobs_on_peer(&self, peer_id: &str) -> Result<Vec<JobRecord>, StorageError>;
+
+    /// Stores a script, replacing any script of the same name.
+    async fn put_script(&self, script: StoredScript) -> Result<(), StorageError>;
+
+    async fn script(&self, name: &str) -> Result<Option<StoredScript>, StorageError>;
+
+    /// Lists stored scripts by name.
+    async fn list_scripts(&self) -> Result<Vec<StoredScriptInfo>, StorageError>;
+
+    /// Deletes a script and returns whether it existed.
+    async fn delete_script(&self, name: &str) -> Result<bool, StorageError>;
+
+    /// Records that an agent connected or sent a message.
+    async fn upsert_peer(&self, peer: PeerRecord) -> Result<(), StorageError>;
+
+    async fn peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StorageError>;
+
+    /// Lists known peers by id.
+    async fn peers(&self) -> Result<Vec<PeerRecord>, StorageError>;
+}

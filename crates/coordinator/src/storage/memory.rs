@@ -1,0 +1,199 @@
+//! In-memory [`Storage`]: fast, and lost when the coordinator stops.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use runwarden_protocol::api::{StoredScript, StoredScriptInfo};
+use runwarden_protocol::status::JobStatus;
+
+use super::{JobRecord, JobUpdate, PeerRecord, Storage, StorageError, TaskRecord};
+
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: HashMap<String, TaskRecord>,
+    /// Job id to (task id, index in the task's `jobs`).
+    job_index: HashMap<String, (String, usize)>,
+    scripts: BTreeMap<String, StoredScript>,
+    peers: BTreeMap<String, PeerRecord>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> MemoryStorage {
+        MemoryStorage::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind, never a
+        // half-applied update, because every update is a single assignment.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    fn job_mut(&mut self, job_id: &str) -> Option<&mut JobRecord> {
+        let (task_id, index) = self.job_index.get(job_id)?;
+        self.tasks.get_mut(task_id)?.jobs.get_mut(*index)
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn insert_task(&self, task: TaskRecord) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for (index, job) in task.jobs.iter().enumerate() {
+            inner
+                .job_index
+                .insert(job.job_id.clone(), (task.task_id.clone(), index));
+        }
+        inner.tasks.insert(task.task_id.clone(), task);
+        Ok(())
+    }
+
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StorageError> {
+        Ok(self.lock().tasks.get(task_id).cloned())
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StorageError> {
+        Ok(self.lock().job_mut(job_id).map(|job| job.clone()))
+    }
+
+    async fn update_job(
+        &self,
+        job_id: &str,
+        update: JobUpdate,
+    ) -> Result<Option<JobRecord>, StorageError> {
+        let mut inner = self.lock();
+        let Some(job) = inner.job_mut(job_id) else {
+            return Ok(None);
+        };
+
+        match update {
+            JobUpdate::Started if job.status == JobStatus::Pending => {
+                job.status = JobStatus::Running;
+            }
+            JobUpdate::Finished { status, res_cmd } if !job.status.is_final() => {
+                job.status = status;
+                job.res_cmd = res_cmd;
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(job.clone()))
+    }
+
+    async fn open_jobs_on_peer(&self, peer_id: &str) -> Result<Vec<JobRecord>, StorageError> {
+        let inner = self.lock();
+        let jobs = inner
+            .tasks
+            .values()
+            .flat_map(|task| task.jobs.iter())
+            .filter(|job| job.peer_id == peer_id && !job.status.is_final())
+            .cloned()
+            .collect();
+        Ok(jobs)
+    }
+
+    async fn put_script(&self, script: StoredScript) -> Result<(), StorageError> {
+        self.lock().scripts.insert(script.info.name.clone(), script);
+        Ok(())
+    }
+
+    async fn script(&self, name: &str) -> Result<Option<StoredScript>, StorageError> {
+        Ok(self.lock().scripts.get(name).cloned())
+    }
+
+    async fn list_scripts(&self) -> Result<Vec<StoredScriptInfo>, StorageError> {
+        let inner = self.lock();
+        Ok(inner.scripts.values().map(|s| s.info.clone()).collect())
+    }
+
+    async fn delete_script(&self, name: &str) -> Result<bool, StorageError> {
+        Ok(self.lock().scripts.remove(name).is_some())
+    }
+
+    async fn upsert_peer(&self, peer: PeerRecord) -> Result<(), StorageError> {
+        self.lock().peers.insert(peer.peer_id.clone(), peer);
+        Ok(())
+    }
+
+    async fn peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StorageError> {
+        Ok(self.lock().peers.get(peer_id).cloned())
+    }
+
+    async fn peers(&self) -> Result<Vec<PeerRecord>, StorageError> {
+        Ok(self.lock().peers.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use runwarden_protocol::api::{ResCmd, ScriptContent};
+    use runwarden_protocol::status::Outcome;
+
+    use super::*;
+
+    fn task_with_one_job() -> TaskRecord {
+        TaskRecord {
+            task_id: "t1".into(),
+            name: String::new(),
+            creater: String::new(),
+            created_at: SystemTime::now(),
+            content: ScriptContent::default(),
+            jobs: vec![JobRecord {
+                job_id: "j1".into(),
+                task_id: "t1".into(),
+                peer_id: "p1".into(),
+                status: JobStatus::Pending,
+                res_cmd: ResCmd::default(),
+            }],
+        }
+    }
+
+    fn finished(status: JobStatus, code: Outcome) -> JobUpdate {
+        JobUpdate::Finished {
+            status,
+            res_cmd: ResCmd::not_run(code, ""),
+        }
+    }
+
+    #[tokio::test]
+    async fn final_job_never_changes() {
+        let storage = MemoryStorage::new();
+        storage.insert_task(task_with_one_job()).await.unwrap();
+
+        let first = storage
+            .update_job("j1", finished(JobStatus::Canceled, Outcome::Canceled))
+            .await
+            .unwrap();
+        assert!(first.is_some());
+
+        let second = storage
+            .update_job("j1", finished(JobStatus::Success, Outcome::Ok))
+            .await
+            .unwrap();
+        assert!(second.is_none());
+
+        let job = storage.job("j1").await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Canceled);
+    }
+
+    #[tokio::test]
+    async fn started_applies_only_to_pending() {
+        let storage = MemoryStorage::new();
+        storage.insert_task(task_with_one_job()).await.unwrap();
+
+        let done = finished(JobStatus::Success, Outcome::Ok);
+        storage.update_job("j1", done).await.unwrap();
+        let started = storage.update_job("j1", JobUpdate::Started).await.unwrap();
+        assert!(started.is_none());
+    }
+}

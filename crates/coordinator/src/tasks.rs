@@ -1,0 +1,222 @@
+//! Task logic shared by the HTTP handlers and the agent link: creating and
+//! dispatching tasks, applying job updates, and answering task queries.
+
+use std::time::{Duration, SystemTime};
+
+use runwarden_protocol::api::{ExecWay, JobInfo, ResCmd, ScriptRequest, TaskInfo};
+use runwarden_protocol::link::CoordinatorMessage;
+use runwarden_protocol::status::{JobStatus, Outcome, TaskStatus};
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::storage::{JobRecord, JobUpdate, TaskRecord};
+
+/// Creates a task with one pending job per peer and hands each job to its
+/// agent. A job whose peer is offline ends at once with `peer_offline`.
+///
+/// # Errors
+///
+/// Fails, creating nothing, when a peer has never connected or an execWay 3
+/// script is not in the script store.
+pub async fn create_task(
+    state: &AppState,
+    request: ScriptRequest,
+    timeout_secs: u32,
+) -> Result<TaskRecord, ApiError> {
+    for peer in &request.peers {
+        if state.storage.peer(peer).await?.is_none() {
+            return Err(ApiError::PeerNotFound { peer: peer.clone() });
+        }
+    }
+    if ExecWay::from_code(request.content.exec_way) == Some(ExecWay::StoredScript)
+        && state
+            .storage
+            .script(&request.content.content)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::ScriptNotFound {
+            name: request.content.content.clone(),
+        });
+    }
+
+    let task = new_task_record(request, timeout_secs);
+    state.storage.insert_task(task.clone()).await?;
+    info!(
+        task_id = %task.task_id,
+        peers = task.jobs.len(),
+        exec_way = task.content.exec_way,
+        timeout_secs,
+        creater = %task.creater,
+        "task created"
+    );
+
+    for job in &task.jobs {
+        dispatch_job(state, &task, job).await?;
+    }
+    Ok(task)
+}
+
+fn new_task_record(request: ScriptRequest, timeout_secs: u32) -> TaskRecord {
+    let task_id = uuid::Uuid::now_v7().to_string();
+    let jobs = request
+        .peers
+        .iter()
+        .map(|peer| JobRecord {
+            job_id: uuid::Uuid::now_v7().to_string(),
+            task_id: task_id.clone(),
+            peer_id: peer.clone(),
+            status: JobStatus::Pending,
+            res_cmd: ResCmd::default(),
+        })
+        .collect();
+
+    let mut content = request.content;
+    content.timeout = i32::try_from(timeout_secs).unwrap_or(i32::MAX);
+
+    TaskRecord {
+        task_id,
+        name: request.name,
+        creater: request.creater,
+        created_at: SystemTime::now(),
+        content,
+        jobs,
+    }
+}
+
+/// Sends a job to its peer, or ends it with `peer_offline` when the peer is
+/// not connected.
+pub async fn dispatch_job(
+    state: &AppState,
+    task: &TaskRecord,
+    job: &JobRecord,
+) -> Result<(), ApiError> {
+    let message = CoordinatorMessage::RunJob {
+        job: task.job_request(job),
+    };
+    let sent = match state.peers.get(&job.peer_id) {
+        Some(connection) => connection.sender.send(message).await.is_ok(),
+        None => false,
+    };
+
+    if sent {
+        tracing::debug!(task_id = %task.task_id, job_id = %job.job_id, peer_id = %job.peer_id, "job sent to agent");
+        return Ok(());
+    }
+
+    // TODO: jobs for an offline peer fail at once; waiting for the peer up
+    // to a delivery timeout needs the durable store, which does not exist yet.
+    warn!(task_id = %task.task_id, job_id = %job.job_id, peer_id = %job.peer_id, "peer offline, job not delivered");
+    let res_cmd = ResCmd::not_run(
+        Outcome::PeerOffline,
+        format!(
+            "peer `{}` is not connected, so the job was not delivered; start its agent and submit again",
+            job.peer_id
+        ),
+    );
+    let update = JobUpdate::Finished {
+        status: JobStatus::Failed,
+        res_cmd,
+    };
+    apply_job_update(state, &job.job_id, update).await?;
+    Ok(())
+}
+
+/// Applies a job update and wakes the task's waiters. Returns the job as it
+/// is now, or `None` when the update did not apply (see
+/// [`crate::storage::Storage::update_job`]).
+pub async fn apply_job_update(
+    state: &AppState,
+    job_id: &str,
+    update: JobUpdate,
+) -> Result<Option<JobRecord>, ApiError> {
+    let updated = state.storage.update_job(job_id, update).await?;
+    if let Some(job) = &updated {
+        if job.status.is_final() {
+            info!(
+                task_id = %job.task_id,
+                job_id = %job.job_id,
+                peer_id = %job.peer_id,
+                status = %job.status,
+                code = job.res_cmd.code.as_str(),
+                exit_code = job.res_cmd.exit_code,
+                "job finished"
+            );
+        }
+        state.task_events.notify(&job.task_id);
+    }
+    Ok(updated)
+}
+
+/// Builds the `/script/taskinfo` answer for a task.
+pub fn task_info(task: &TaskRecord) -> TaskInfo {
+    let list = task
+        .jobs
+        .iter()
+        .map(|job| JobInfo {
+            jobid: job.job_id.clone(),
+            peer_id: job.peer_id.clone(),
+            status: job.status,
+            res_cmd: job.res_cmd.clone(),
+        })
+        .collect::<Vec<_>>();
+
+    TaskInfo {
+        taskid: task.task_id.clone(),
+        status: TaskStatus::from_jobs(list.iter().map(|job| job.status)),
+        list,
+        name: task.name.clone(),
+        creater: task.creater.clone(),
+        created_at: humantime::format_rfc3339_millis(task.created_at).to_string(),
+    }
+}
+
+/// Waits until every job of the task has ended or `limit` has passed, then
+/// returns the task as it is.
+pub async fn wait_for_task(
+    state: &AppState,
+    task_id: &str,
+    limit: Duration,
+) -> Result<TaskInfo, ApiError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut events = state.task_events.subscribe(task_id);
+
+    let outcome = loop {
+        let task = match state.storage.task(task_id).await {
+            Ok(Some(task)) => task,
+            Ok(None) => {
+                break Err(ApiError::TaskNotFound {
+                    taskid: task_id.to_owned(),
+                });
+            }
+            Err(error) => break Err(error.into()),
+        };
+        let info = task_info(&task);
+        if info.status.is_final() {
+            break Ok(info);
+        }
+
+        match tokio::time::timeout_at(deadline, events.changed()).await {
+            Ok(Ok(())) => continue,
+            // The sender is only dropped once no receiver is left, so this
+            // arm is not expected; subscribing again keeps the wait correct.
+            Ok(Err(_)) => {
+                events = state.task_events.subscribe(task_id);
+                continue;
+            }
+            Err(_) => {
+                warn!(
+                    task_id,
+                    limit_secs = limit.as_secs(),
+                    "sync wait ended before the task"
+                );
+                break Ok(info);
+            }
+        }
+    };
+
+    drop(events);
+    state.task_events.release(task_id);
+    outcome
+}
