@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -18,6 +19,7 @@ pub struct RunningCoordinator {
     /// The bound address; its port is the real one when the config asked
     /// for port 0.
     pub local_addr: SocketAddr,
+    state: AppState,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -52,9 +54,17 @@ impl RunningCoordinator {
             peers: Arc::new(PeerRegistry::default()),
             task_events: Arc::new(TaskEvents::default()),
         };
-        let router = crate::api::router(state);
+        let router = crate::api::router(state.clone());
 
         let shutdown = CancellationToken::new();
+        // Job results and cancels are small messages on long-lived agent
+        // sockets; Nagle's algorithm would hold each one back for tens of
+        // milliseconds.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "failed to set TCP_NODELAY");
+            }
+        });
         let server = tokio::spawn(
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -64,9 +74,15 @@ impl RunningCoordinator {
 
         Ok(RunningCoordinator {
             local_addr,
+            state,
             shutdown,
             server,
         })
+    }
+
+    /// Returns true while an agent with this peer id is connected.
+    pub fn is_peer_online(&self, peer_id: &str) -> bool {
+        self.state.peers.get(peer_id).is_some()
     }
 
     /// Stops accepting connections and waits for the server to end.

@@ -1,1 +1,166 @@
-fn main() {}
+//! The `runwarden` command: run a coordinator, an agent, or both at once in
+//! dev mode.
+
+mod dev;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use runwarden_agent::RunningAgent;
+use runwarden_agent::config::AgentConfig;
+use runwarden_coordinator::config::CoordinatorConfig;
+use runwarden_coordinator::server::RunningCoordinator;
+use runwarden_coordinator::storage::memory::MemoryStorage;
+use tracing::error;
+
+/// Exit status for an invalid command line or configuration (`EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "runwarden",
+    version,
+    about = "Run scripts on many machines from one REST API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API and the agent link.
+    Coordinator {
+        /// TOML configuration file; without it every option has its default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run jobs on this machine for a coordinator.
+    Agent {
+        /// TOML configuration file; without it every option has its default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a coordinator and one local agent in this process, for trying
+    /// Runwarden out. State lives in memory; files go under --data-dir.
+    Dev(dev::DevArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            error!(%error, "failed to start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Coordinator { config } => run_coordinator(config).await,
+            Command::Agent { config } => run_agent(config).await,
+            Command::Dev(args) => dev::run(args).await,
+        }
+    });
+
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(error)) => {
+            eprintln!("runwarden: {error:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Run(error)) => {
+            eprintln!("runwarden: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Why a command ended with an error.
+pub enum Failure {
+    /// The configuration or command line cannot be used (exit status 64).
+    Config(anyhow::Error),
+    /// Something failed while running (exit status 1).
+    Run(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Run(error)
+    }
+}
+
+async fn run_coordinator(config: Option<PathBuf>) -> Result<(), Failure> {
+    let config = match config {
+        Some(path) => CoordinatorConfig::from_file(&path).map_err(Failure::Config)?,
+        None => CoordinatorConfig::default(),
+    };
+    warn_if_not_loopback(&config);
+
+    let coordinator = RunningCoordinator::start(config, Arc::new(MemoryStorage::new())).await?;
+    tokio::select! {
+        outcome = coordinator.wait() => outcome?,
+        () = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+fn warn_if_not_loopback(config: &CoordinatorConfig) {
+    if !config.listen.ip().is_loopback() {
+        // TODO: refuse non-loopback addresses until API authentication
+        // exists; until then anyone who reaches the port can run commands.
+        tracing::warn!(listen = %config.listen, "the REST API has no authentication yet and listens beyond loopback; anyone who reaches this address can run commands on every peer");
+    }
+}
+
+async fn run_agent(config: Option<PathBuf>) -> Result<(), Failure> {
+    let config = match config {
+        Some(path) => AgentConfig::from_file(&path).map_err(Failure::Config)?,
+        None => AgentConfig::default(),
+    };
+    config.validate().map_err(Failure::Config)?;
+
+    let mut agent = RunningAgent::start(config).await?;
+    tokio::select! {
+        () = agent.wait() => {}
+        () = shutdown_signal() => {}
+    }
+    agent.stop().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                error!(%error, "failed to listen for SIGTERM; only Ctrl-C stops this process");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}

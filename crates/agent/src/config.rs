@@ -1,0 +1,179 @@
+//! Agent configuration, read from a TOML file.
+//!
+//! Every option has a default, so an empty file (or none) is a valid
+//! configuration for an agent on the same machine as a coordinator with its
+//! default listen address. Unknown keys are rejected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Base URL of the coordinator, `http://HOST:PORT` or `ws://HOST:PORT`;
+    /// the agent dials its agent link path.
+    pub coordinator_url: String,
+    /// This agent's peer id; empty means the machine's host name.
+    pub peer_id: String,
+    /// Folder that execWay 2 script names are resolved in. Names cannot
+    /// leave it, not even through symlinks.
+    pub scripts_dir: PathBuf,
+    /// Folder for the agent's own files: the cache of execWay 3 scripts.
+    pub data_dir: PathBuf,
+    /// Jobs that may run at once; further jobs wait in a queue, `pending`.
+    pub max_concurrent_jobs: usize,
+    /// Seconds between SIGTERM and SIGKILL when a job times out or is
+    /// canceled.
+    pub kill_grace_secs: u64,
+    /// Milliseconds that output is still read after a script's own process
+    /// exits, for output still buffered in the pipes. Background processes
+    /// of the job are killed after this.
+    pub drain_timeout_ms: u64,
+    /// Bytes of stdout, and separately of stderr, kept per job; the rest is
+    /// dropped and counted (`stdoutDropped`, `stderrDropped`).
+    pub max_output_bytes: usize,
+    /// Longest wait between reconnect attempts, in seconds.
+    pub reconnect_max_secs: u64,
+    /// Seconds to wait for the coordinator to send an execWay 3 script.
+    pub script_fetch_timeout_secs: u64,
+    /// Put each job in its own cgroup (v2) when the machine allows, so that
+    /// processes that leave the job's process group are still killed.
+    pub use_cgroups: bool,
+}
+
+/// Largest allowed `max_output_bytes`: a job result carries both streams in
+/// one link message, which the coordinator caps at 256 MiB.
+pub const MAX_OUTPUT_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            coordinator_url: "http://127.0.0.1:7300".to_owned(),
+            peer_id: String::new(),
+            scripts_dir: PathBuf::from("/var/lib/runwarden/scripts"),
+            data_dir: PathBuf::from("/var/lib/runwarden/agent"),
+            max_concurrent_jobs: 16,
+            kill_grace_secs: 10,
+            drain_timeout_ms: 2000,
+            max_output_bytes: 1024 * 1024,
+            reconnect_max_secs: 30,
+            script_fetch_timeout_secs: 30,
+            use_cgroups: true,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads a configuration file.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the file cannot be read, is not valid TOML, has an unknown
+    /// key, or breaks a rule of [`AgentConfig::validate`].
+    pub fn from_file(path: &Path) -> anyhow::Result<AgentConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read agent config `{}`", path.display()))?;
+        let config: AgentConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid agent config `{}`", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid agent config `{}`", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks every option, reporting all broken rules at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+
+        if let Err(error) = self.link_url() {
+            problems.push(error.to_string());
+        }
+        if self.max_concurrent_jobs == 0 {
+            problems.push("max_concurrent_jobs is 0; set it to at least 1".to_owned());
+        }
+        if self.max_output_bytes > MAX_OUTPUT_BYTES_LIMIT {
+            problems.push(format!(
+                "max_output_bytes ({}) is above {MAX_OUTPUT_BYTES_LIMIT}; lower it",
+                self.max_output_bytes
+            ));
+        }
+        if self.reconnect_max_secs == 0 {
+            problems.push("reconnect_max_secs is 0; set it to at least 1".to_owned());
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", problems.join("; "))
+        }
+    }
+
+    /// The WebSocket URL of the coordinator's agent link.
+    pub fn link_url(&self) -> anyhow::Result<String> {
+        let base = self.coordinator_url.trim_end_matches('/');
+        let rest = if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if base.starts_with("ws://") || base.starts_with("wss://") {
+            base.to_owned()
+        } else {
+            anyhow::bail!(
+                "coordinator_url `{}` does not start with http://, https://, ws:// or wss://; write it like http://127.0.0.1:7300",
+                self.coordinator_url
+            );
+        };
+        Ok(format!(
+            "{rest}{}",
+            runwarden_protocol::link::AGENT_LINK_PATH
+        ))
+    }
+
+    /// The peer id, falling back to the host name.
+    pub fn resolved_peer_id(&self) -> anyhow::Result<String> {
+        if !self.peer_id.is_empty() {
+            return Ok(self.peer_id.clone());
+        }
+        let host = nix::unistd::gethostname().context("failed to read the host name")?;
+        host.into_string().map_err(|name| {
+            anyhow::anyhow!("host name {name:?} is not UTF-8; set peer_id in the agent config")
+        })
+    }
+
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_secs(self.kill_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_url_maps_to_link_url() {
+        let config = AgentConfig {
+            coordinator_url: "http://127.0.0.1:9/".into(),
+            ..AgentConfig::default()
+        };
+        assert_eq!(config.link_url().unwrap(), "ws://127.0.0.1:9/agent/link");
+    }
+
+    #[test]
+    fn url_without_scheme_is_rejected() {
+        let config = AgentConfig {
+            coordinator_url: "127.0.0.1:9".into(),
+            ..AgentConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("127.0.0.1:9"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let error = toml::from_str::<AgentConfig>("peerid = \"x\"").unwrap_err();
+        assert!(error.to_string().contains("peerid"), "{error}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The Runwarden agent: runs jobs on its machine for the coordinator.
+//!
+//! An agent dials the coordinator's agent link, receives jobs, runs each one
+//! as the requested user in its own process group (and cgroup where the
+//! machine allows), and reports output and outcome back. It keeps its own
+//! record of every job, so the coordinator can ask for a job's live output.
+//!
+//! - [`link`]: the connection to the coordinator.
+//! - [`jobs`]: the job table: queueing, cancel, live queries.
+//! - [`prepare`]: from a job request to a process spec (user, environment,
+//!   working directory, execWay).
+//! - [`process`]: running one process tree to its end.
+//! - [`sys`]: the Linux-specific parts: credentials, signals, cgroups.
+//!
+//! Start one with [`RunningAgent::start`].
+
+pub mod config;
+pub mod jobs;
+pub mod link;
+pub mod output;
+pub mod prepare;
+pub mod process;
+pub mod sys;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::jobs::{JobSettings, Jobs};
+use crate::link::{Link, ScriptFetcher};
+use crate::process::ProcessLimits;
+
+/// An agent connected (or connecting) to its coordinator.
+pub struct RunningAgent {
+    pub peer_id: String,
+    jobs: Arc<Jobs>,
+    shutdown: CancellationToken,
+    link: JoinHandle<()>,
+    kill_grace: Duration,
+    cgroup_parent: Option<PathBuf>,
+}
+
+impl RunningAgent {
+    /// Checks the configuration, prepares the agent's folders and starts
+    /// dialing the coordinator. Returns before the link is up.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the configuration is invalid or the data folder cannot be
+    /// created.
+    pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
+        config.validate().context("invalid agent config")?;
+        let peer_id = config.resolved_peer_id()?;
+        let url = config.link_url()?;
+
+        let cache_dir = config.data_dir.join("script-cache");
+        std::fs::create_dir_all(&cache_dir).with_context(|| {
+            format!(
+                "failed to create the agent's data folder `{}`; create it or change data_dir",
+                cache_dir.display()
+            )
+        })?;
+        if !config.scripts_dir.is_dir() {
+            warn!(scripts_dir = %config.scripts_dir.display(), "scripts directory does not exist; execWay 2 jobs will fail until it does");
+        }
+
+        let cgroup_parent = if config.use_cgroups {
+            sys::cgroup::detect_parent()
+        } else {
+            None
+        };
+        let limits = ProcessLimits {
+            kill_grace: config.kill_grace(),
+            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+            cgroup_parent: cgroup_parent.clone(),
+        };
+        let settings = JobSettings {
+            peer_id: peer_id.clone(),
+            scripts_dir: config.scripts_dir.clone(),
+            cache_dir,
+            max_output_bytes: config.max_output_bytes,
+            max_concurrent_jobs: config.max_concurrent_jobs,
+            limits,
+        };
+
+        let (outgoing, outgoing_receiver) = mpsc::unbounded_channel();
+        let fetch_timeout = Duration::from_secs(config.script_fetch_timeout_secs);
+        let fetcher = ScriptFetcher::new(outgoing.clone(), fetch_timeout);
+        let jobs = Jobs::new(settings, outgoing.clone(), fetcher.clone());
+
+        let shutdown = CancellationToken::new();
+        let link = Link {
+            url,
+            peer_id: peer_id.clone(),
+            jobs: Arc::clone(&jobs),
+            fetcher,
+            outgoing,
+            incoming_for_coordinator: outgoing_receiver,
+            reconnect_max: Duration::from_secs(config.reconnect_max_secs),
+            shutdown: shutdown.clone(),
+        };
+        let link = tokio::spawn(link.run());
+        info!(
+            peer_id,
+            max_concurrent_jobs = config.max_concurrent_jobs,
+            "agent started"
+        );
+
+        Ok(RunningAgent {
+            peer_id,
+            jobs,
+            shutdown,
+            link,
+            kill_grace: config.kill_grace(),
+            cgroup_parent,
+        })
+    }
+
+    /// Cancels running jobs (killing their process trees), closes the link
+    /// and removes the agent's cgroup.
+    pub async fn stop(self) {
+        let limit = self.kill_grace + Duration::from_secs(10);
+        self.jobs.cancel_all("the agent is stopping", limit).await;
+        self.shutdown.cancel();
+        if let Err(error) = self.link.await {
+            warn!(%error, "agent link task failed");
+        }
+        if let Some(parent) = &self.cgroup_parent
+            && let Err(error) = sys::cgroup::remove_parent(parent)
+        {
+            warn!(%error, "failed to remove the agent's cgroup");
+        }
+        info!(peer_id = %self.peer_id, "agent stopped");
+    }
+
+    /// Waits until the link loop ends (it only ends on shutdown).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.link).await;
+    }
+}

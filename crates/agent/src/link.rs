@@ -1,0 +1,316 @@
+//! The agent's end of the link: dial the coordinator, keep the connection,
+//! and route messages between it and the job table.
+//!
+//! The agent dials out, so it works behind NAT. When the connection drops,
+//! jobs keep running; the agent redials with exponential backoff and jitter,
+//! and after each `Hello` sends again every result the coordinator has not
+//! confirmed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use runwarden_protocol::LINK_PROTOCOL_VERSION;
+use runwarden_protocol::link::{AgentMessage, CoordinatorMessage, FetchedScript};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::jobs::Jobs;
+
+/// Largest message accepted from the coordinator, in bytes. The largest
+/// message it sends is a job request, whose body the coordinator caps.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Time between WebSocket pings, which keep idle NAT mappings open and reveal
+/// a dead connection.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Time the coordinator has to answer the agent's `Hello`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+type PendingFetches = Arc<Mutex<HashMap<u64, oneshot::Sender<Option<FetchedScript>>>>>;
+
+/// Fetches execWay 3 scripts from the coordinator over the link.
+#[derive(Clone)]
+pub struct ScriptFetcher {
+    outgoing: mpsc::UnboundedSender<AgentMessage>,
+    pending: PendingFetches,
+    next_id: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+/// A script fetch that got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "the coordinator did not send the script within {0} s; check that the agent is connected"
+    )]
+    Timeout(u64),
+    #[error("the agent is shutting down")]
+    Closed,
+}
+
+impl ScriptFetcher {
+    pub fn new(outgoing: mpsc::UnboundedSender<AgentMessage>, timeout: Duration) -> ScriptFetcher {
+        ScriptFetcher {
+            outgoing,
+            pending: PendingFetches::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            timeout,
+        }
+    }
+
+    /// Asks the coordinator's script store for `name`; `Ok(None)` means the
+    /// store has no such script.
+    pub async fn fetch(&self, name: &str) -> Result<Option<FetchedScript>, FetchError> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, receiver) = oneshot::channel();
+        self.lock().insert(request_id, answer);
+
+        let message = AgentMessage::FetchScript {
+            request_id,
+            name: name.to_owned(),
+        };
+        if self.outgoing.send(message).is_err() {
+            self.lock().remove(&request_id);
+            return Err(FetchError::Closed);
+        }
+
+        let outcome = match tokio::time::timeout(self.timeout, receiver).await {
+            Ok(Ok(script)) => Ok(script),
+            Ok(Err(_)) => Err(FetchError::Closed),
+            Err(_) => Err(FetchError::Timeout(self.timeout.as_secs())),
+        };
+        self.lock().remove(&request_id);
+        outcome
+    }
+
+    fn resolve(&self, request_id: u64, script: Option<FetchedScript>) {
+        if let Some(answer) = self.lock().remove(&request_id) {
+            let _ = answer.send(script);
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Option<FetchedScript>>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Everything the link loop needs.
+pub struct Link {
+    pub url: String,
+    pub peer_id: String,
+    pub jobs: Arc<Jobs>,
+    pub fetcher: ScriptFetcher,
+    pub outgoing: mpsc::UnboundedSender<AgentMessage>,
+    pub incoming_for_coordinator: mpsc::UnboundedReceiver<AgentMessage>,
+    pub reconnect_max: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl Link {
+    /// Dials and serves the coordinator until `shutdown` fires.
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(200);
+
+        while !self.shutdown.is_cancelled() {
+            info!(url = %self.url, peer_id = %self.peer_id, "dialing coordinator");
+            let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
+            // The last argument turns off Nagle's algorithm, which would hold
+            // back small messages such as job results.
+            let dialed = tokio::select! {
+                dialed = tokio_tungstenite::connect_async_with_config(&self.url, Some(config), true) => dialed,
+                () = self.shutdown.cancelled() => break,
+            };
+
+            match dialed {
+                Ok((socket, _)) => {
+                    backoff = Duration::from_millis(200);
+                    self.serve(socket).await;
+                }
+                Err(error) => warn!(%error, url = %self.url, "failed to reach coordinator"),
+            }
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+
+            let wait = with_jitter(backoff);
+            info!(
+                retry_in_ms = wait.as_millis() as u64,
+                "reconnecting to coordinator"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(self.reconnect_max);
+        }
+        info!("agent link stopped");
+    }
+
+    async fn serve(
+        &mut self,
+        socket: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) {
+        let (mut sink, mut stream) = socket.split();
+
+        let hello = AgentMessage::Hello {
+            peer_id: self.peer_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            link_version: LINK_PROTOCOL_VERSION,
+            active_jobs: self.jobs.active_job_ids(),
+        };
+        if send(&mut sink, &hello).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(WELCOME_TIMEOUT, stream.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                if !matches!(
+                    serde_json::from_str::<CoordinatorMessage>(&text),
+                    Ok(CoordinatorMessage::Welcome { .. })
+                ) {
+                    warn!("coordinator answered hello with something else than welcome");
+                    return;
+                }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                let reason = frame
+                    .map(|frame| frame.reason.to_string())
+                    .unwrap_or_default();
+                error!(reason, "coordinator refused this agent");
+                return;
+            }
+            other => {
+                warn!(?other, "coordinator did not welcome this agent");
+                return;
+            }
+        }
+        info!(peer_id = %self.peer_id, "connected to coordinator");
+
+        for result in self.jobs.unacked_results() {
+            if send(&mut sink, &result).await.is_err() {
+                return;
+            }
+        }
+
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    match frame {
+                        Some(Ok(Message::Text(text))) => self.handle(&text),
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => {
+                            warn!(%error, "coordinator link read failed");
+                            break;
+                        }
+                    }
+                }
+                message = self.incoming_for_coordinator.recv() => {
+                    let Some(message) = message else { break };
+                    if send(&mut sink, &message).await.is_err() {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                }
+                () = self.shutdown.cancelled() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            }
+        }
+        warn!("disconnected from coordinator");
+    }
+
+    fn handle(&self, text: &str) {
+        let message = match serde_json::from_str::<CoordinatorMessage>(text) {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(%error, "coordinator sent a message that is not valid; ignored");
+                return;
+            }
+        };
+
+        match message {
+            CoordinatorMessage::Welcome { .. } => debug!("extra welcome ignored"),
+            CoordinatorMessage::RunJob { job } => self.jobs.submit(job),
+            CoordinatorMessage::ResultStored { job_id } => self.jobs.acknowledge(&job_id),
+            CoordinatorMessage::CancelJob {
+                request_id,
+                job_id,
+                msg,
+            } => {
+                let jobs = Arc::clone(&self.jobs);
+                let outgoing = self.outgoing.clone();
+                tokio::spawn(async move {
+                    let (result, status) = jobs.cancel(&job_id, &msg).await;
+                    let answer = AgentMessage::CancelDone {
+                        request_id,
+                        result,
+                        status,
+                    };
+                    let _ = outgoing.send(answer);
+                });
+            }
+            CoordinatorMessage::QueryTask {
+                request_id,
+                task_id,
+            } => {
+                let record = self.jobs.query(&task_id);
+                let _ = self
+                    .outgoing
+                    .send(AgentMessage::TaskRecord { request_id, record });
+            }
+            CoordinatorMessage::ScriptBody { request_id, script } => {
+                self.fetcher.resolve(request_id, script);
+            }
+        }
+    }
+}
+
+async fn send<S>(sink: &mut S, message: &AgentMessage) -> Result<(), ()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let text = match serde_json::to_string(message) {
+        Ok(text) => text,
+        Err(error) => {
+            error!(%error, "failed to encode a message for the coordinator; dropped");
+            return Ok(());
+        }
+    };
+    sink.send(Message::Text(text.into()))
+        .await
+        .map_err(|error| {
+            warn!(%error, "coordinator link write failed");
+        })
+}
+
+/// Adds up to 50% random-looking jitter, so that many agents cut off at once
+/// do not redial in step. The clock's nanoseconds are random enough here.
+fn with_jitter(base: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    let fraction = f64::from(nanos % 1000) / 2000.0;
+    base + base.mul_f64(fraction)
+}
