@@ -47,7 +47,7 @@ const KILLED_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the output pipes are still read once the job's processes are
 /// gone, for the bytes still buffered in them. The pipes reach end of file
-/// at once unless a process outside the job holds their write end.
+/// at once unless a process outside the job has their write end open.
 const OUTPUT_TAIL_WAIT: Duration = Duration::from_secs(1);
 
 /// Everything needed to start a job's process. The environment is exactly
@@ -139,6 +139,9 @@ pub struct SpawnError {
 /// Before it returns, the runner waits (up to 5 s after the final SIGKILL)
 /// until no live process of the job is left, and reaps the script's process.
 ///
+/// Dropping the returned future before it completes sends SIGKILL to the
+/// job's tree, and Tokio reaps the script's process in the background.
+///
 /// NOTE: without a cgroup, a process that leaves the job's process group
 /// (with `setsid` or `setpgid`) is out of reach and can outlive the job.
 pub async fn run_process(
@@ -195,7 +198,7 @@ pub async fn run_process(
         Ending::TimedOut => {
             warn!(
                 pid,
-                timeout_ms = spec.timeout.as_millis() as u64,
+                timeout_ms = millis(spec.timeout),
                 "the job timed out, so its process tree gets SIGTERM"
             );
             Some(terminate(&tree, &exit, limits.kill_grace, pid).await)
@@ -210,12 +213,13 @@ pub async fn run_process(
     };
 
     kill_remaining(&tree, pid).await;
+    let cgroup = tree.release();
     let status = reap(&mut child, pid).await;
     readers.finish(OUTPUT_TAIL_WAIT, pid).await;
     if let Some(writer) = stdin_writer {
         writer.abort();
     }
-    if let Some(cgroup) = tree.into_cgroup() {
+    if let Some(cgroup) = cgroup {
         cgroup.remove().await;
     }
 
@@ -224,7 +228,7 @@ pub async fn run_process(
     Ok(termination)
 }
 
-/// Why the runner stopped waiting for the script's process.
+/// Reason the runner stopped waiting for the script's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     ByItself,
@@ -389,7 +393,7 @@ impl OutputReaders {
         if !self.wait_until(deadline_after(limit)).await {
             warn!(
                 pid,
-                "a process outside the job holds its output pipes open, so the rest of the output is dropped"
+                "a process outside the job keeps its output pipes open, so the rest of the output is dropped"
             );
             self.tasks.abort_all();
         }
@@ -397,7 +401,7 @@ impl OutputReaders {
 }
 
 /// Reads `pipe` to end of file into `buffer`. Bytes past the buffer's cap are
-/// read and counted as dropped, so the writer never blocks on a full pipe.
+/// still read, and counted as dropped, so the cap does not stall the writer.
 async fn read_stream(mut pipe: impl AsyncRead + Unpin, buffer: &Mutex<CappedBuffer>) {
     let mut chunk = vec![0; READ_BUFFER_BYTES];
     loop {
@@ -432,7 +436,7 @@ async fn drain_output(
     if !drained {
         info!(
             pid,
-            drain_timeout_ms = drain_timeout.as_millis() as u64,
+            drain_timeout_ms = millis(drain_timeout),
             "the job process exited but its output is still open, so the processes it left are killed"
         );
     }
@@ -457,7 +461,7 @@ async fn terminate(tree: &ProcessTree, exit: &ExitWatch, kill_grace: Duration, p
 
     warn!(
         pid,
-        kill_grace_ms = kill_grace.as_millis() as u64,
+        kill_grace_ms = millis(kill_grace),
         "the job process did not exit within the kill grace after SIGTERM, so its tree gets SIGKILL"
     );
     tree.kill();
@@ -485,7 +489,7 @@ async fn kill_remaining(tree: &ProcessTree, pid: u32) {
         if Instant::now() >= give_up {
             error!(
                 pid,
-                wait_ms = KILLED_EXIT_WAIT.as_millis() as u64,
+                wait_ms = millis(KILLED_EXIT_WAIT),
                 "processes of the job are still alive after SIGKILL, probably stuck in the kernel"
             );
             return;
@@ -494,8 +498,8 @@ async fn kill_remaining(tree: &ProcessTree, pid: u32) {
 }
 
 /// Reaps the script's process. Returns `None` when it is still running
-/// [`KILLED_EXIT_WAIT`] after SIGKILL; Tokio then reaps it in the
-/// background once it exits, when the `Child` is dropped.
+/// [`KILLED_EXIT_WAIT`] after SIGKILL. Tokio then reaps it in the background
+/// once it exits, because the `Child` is dropped.
 async fn reap(child: &mut Child, pid: u32) -> Option<ExitStatus> {
     match timeout(KILLED_EXIT_WAIT, child.wait()).await {
         Ok(Ok(status)) => Some(status),
@@ -506,7 +510,7 @@ async fn reap(child: &mut Child, pid: u32) -> Option<ExitStatus> {
         Err(_) => {
             error!(
                 pid,
-                wait_ms = KILLED_EXIT_WAIT.as_millis() as u64,
+                wait_ms = millis(KILLED_EXIT_WAIT),
                 "the job process has not exited after SIGKILL, so it is reaped in the background"
             );
             None
@@ -537,7 +541,8 @@ fn termination(
                 Some(code) => Termination::Exited(code),
                 None => {
                     // NOTE: only reachable when something else in the agent
-                    // reaped the child (waitpid(-1)); -1 is no real exit code.
+                    // reaped the child with waitpid(-1). The -1 is no real
+                    // exit code.
                     error!(
                         pid,
                         "the job process's exit status is unknown, so it is reported as exit code -1"
@@ -547,6 +552,12 @@ fn termination(
             }
         }
     }
+}
+
+/// Converts `duration` to whole milliseconds for logs, saturating at
+/// `u64::MAX`.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Returns the instant `duration` from now, or about 30 years from now when

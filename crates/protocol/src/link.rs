@@ -19,6 +19,10 @@ pub const AGENT_LINK_PATH: &str = "/agent/link";
 
 /// A message from an agent to the coordinator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "messages live only between decoding and handling, so boxing the result saves nothing"
+)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// First message on a new connection.

@@ -203,16 +203,13 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
-        let escape = bytes.get(index + 1..index + 4);
-        let octal = escape.filter(|digits| {
-            bytes[index] == b'\\' && digits.iter().all(|digit| (b'0'..=b'7').contains(digit))
-        });
-        match octal {
-            Some(digits) => {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'));
-                decoded.push(value as u8);
+        let escaped_byte = bytes
+            .get(index + 1..index + 4)
+            .filter(|_| bytes[index] == b'\\')
+            .and_then(decode_octal_byte);
+        match escaped_byte {
+            Some(byte) => {
+                decoded.push(byte);
                 index += 4;
             }
             None => {
@@ -224,10 +221,24 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
+/// Decodes three octal digits into a byte, or returns `None` when they are
+/// not octal digits or exceed 255.
+fn decode_octal_byte(digits: &[u8]) -> Option<u8> {
+    let mut value: u32 = 0;
+    for digit in digits {
+        if !(b'0'..=b'7').contains(digit) {
+            return None;
+        }
+        value = value * 8 + u32::from(digit - b'0');
+    }
+    u8::try_from(value).ok()
+}
+
 /// One job's cgroup, a child of the agent's parent cgroup.
 ///
-/// It is not removed on drop: the runner kills the job's processes and then
-/// calls [`JobCgroup::remove`].
+/// The runner kills the job's processes and then calls [`JobCgroup::remove`].
+/// Drop makes one more `rmdir` attempt, which fails harmlessly when the
+/// directory is gone or still has processes.
 #[derive(Debug)]
 pub(crate) struct JobCgroup {
     path: PathBuf,
@@ -360,6 +371,12 @@ impl JobCgroup {
     }
 }
 
+impl Drop for JobCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +446,6 @@ mod tests {
         assert_eq!(unescape_mountinfo("a\\040b\\134c"), "a b\\c");
         assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
         assert_eq!(unescape_mountinfo("not\\999octal"), "not\\999octal");
+        assert_eq!(unescape_mountinfo("too\\777big"), "too\\777big");
     }
 }

@@ -64,7 +64,7 @@ impl ExitWatch {
 fn register(pidfd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `OwnedFd` owns the descriptor and keeps it open, and its
     // `as_raw_fd` returns the same descriptor, for as long as the `AsyncFd`
-    // holds it.
+    // owns it.
     let registered = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
     registered.map_err(|error| error.into_parts().1)
 }

@@ -1,6 +1,7 @@
 //! Signalling a job's whole process tree.
 
 use std::fs;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
@@ -12,14 +13,18 @@ use super::cgroup::JobCgroup;
 /// A job's process tree: the process group that the script's process leads
 /// and, where one could be made, the job's cgroup.
 ///
-/// The caller must not reap the group leader while it uses a `ProcessTree`
-/// to send signals. While the leader is unreaped (a zombie at worst), its
-/// pid stays allocated, so the process group id cannot pass to an unrelated
-/// group.
+/// The caller must not reap the group leader before [`ProcessTree::release`].
+/// While the leader is unreaped (a zombie at worst), its pid stays
+/// allocated, so the process group id cannot pass to an unrelated group.
+///
+/// Dropping the tree without `release`, as happens when the runner's future
+/// is dropped, sends SIGKILL to the whole tree and removes the cgroup in the
+/// background.
 #[derive(Debug)]
 pub(crate) struct ProcessTree {
     group: Pid,
     cgroup: Option<JobCgroup>,
+    released: bool,
 }
 
 impl ProcessTree {
@@ -28,6 +33,7 @@ impl ProcessTree {
         ProcessTree {
             group: leader,
             cgroup,
+            released: false,
         }
     }
 
@@ -52,10 +58,9 @@ impl ProcessTree {
     /// count, because they are dead and only wait for their parent (or init)
     /// to reap them.
     ///
-    /// With a cgroup, the answer comes from the cgroup alone: a process
-    /// leaves it only by writing to another cgroup's `cgroup.procs`. Without
-    /// one, every process's `/proc/<pid>/stat` is read, which takes a few
-    /// milliseconds per thousand processes.
+    /// With a cgroup, only the cgroup is checked, because a process leaves it
+    /// only by writing to another cgroup's `cgroup.procs`. Without one, this
+    /// reads `/proc/<pid>/stat` of every process on the machine.
     pub(crate) fn is_empty(&self) -> bool {
         match &self.cgroup {
             Some(cgroup) => cgroup.is_empty(),
@@ -63,9 +68,54 @@ impl ProcessTree {
         }
     }
 
-    pub(crate) fn into_cgroup(self) -> Option<JobCgroup> {
-        self.cgroup
+    /// Ends the kill on drop and returns the cgroup for removal. Call it once
+    /// the tree is killed and before the group leader is reaped.
+    pub(crate) fn release(mut self) -> Option<JobCgroup> {
+        self.released = true;
+        self.cgroup.take()
     }
+}
+
+impl Drop for ProcessTree {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        warn!(
+            process_group = self.group.as_raw(),
+            "the job runner stopped before the job ended, so the job's process tree gets SIGKILL"
+        );
+        self.kill();
+
+        let Some(cgroup) = self.cgroup.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(remove_when_empty(cgroup));
+            }
+            Err(_) => warn!(
+                cgroup = %cgroup.path().display(),
+                "no Tokio runtime to remove the job cgroup, so it is left behind"
+            ),
+        }
+    }
+}
+
+/// Removes `cgroup` once its killed processes are gone, waiting up to about
+/// 5 s for them.
+async fn remove_when_empty(cgroup: JobCgroup) {
+    const CHECKS: u32 = 250;
+    const CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+    for _ in 0..CHECKS {
+        if cgroup.is_empty() {
+            break;
+        }
+        cgroup.kill_all();
+        tokio::time::sleep(CHECK_INTERVAL).await;
+    }
+    cgroup.remove().await;
 }
 
 fn signal_group(group: Pid, signal: Signal) {
@@ -83,7 +133,7 @@ fn signal_group(group: Pid, signal: Signal) {
 /// Counts the processes in process group `group` that have not exited, by
 /// reading `/proc/<pid>/stat` of every process.
 ///
-/// `kill(-group, 0)` cannot answer this, because it succeeds as long as a
+/// `kill(-group, 0)` is no substitute, because it succeeds as long as a
 /// zombie member exists, and an init that does not reap keeps zombies
 /// forever.
 pub(crate) fn live_group_members(group: Pid) -> usize {

@@ -17,8 +17,8 @@ use crate::process::Credentials;
 /// Prepared steps for one child, run by [`ChildSetup::run`] in the child.
 #[derive(Debug)]
 pub(crate) struct ChildSetup {
-    /// `cgroup.procs` of the job cgroup, opened by the parent; the caller
-    /// keeps it open until the spawn returns.
+    /// `cgroup.procs` of the job cgroup, opened by the parent, which keeps it
+    /// open until the spawn returns.
     cgroup_procs: Option<RawFd>,
     identity: Option<Identity>,
 }
@@ -123,8 +123,8 @@ fn mark_inherited_fds_cloexec() {
 fn join_cgroup(fd: RawFd) -> io::Result<()> {
     const OWN_PID: &[u8] = b"0";
 
-    // A signal can interrupt the write; a few retries are plenty because the
-    // child's signal mask is clear and nothing else runs in it.
+    // A signal handler inherited from the agent can interrupt the write with
+    // EINTR, so the write is retried a few times.
     for _ in 0..8 {
         // SAFETY: `fd` is open for the duration of the spawn (the parent owns
         // it), and the buffer is a static byte string of the length passed.
