@@ -328,10 +328,11 @@ fn write_private_script(
         )
     };
 
-    // tempfile creates the folder with mode 0700, so only its owner can
-    // enter it; ownership moves to the run-as user below.
+    // Mode 0700, so only its owner can enter the folder; ownership moves to
+    // the run-as user below.
     let dir = tempfile::Builder::new()
         .prefix("runwarden-job-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .map_err(|error| failed("create a private folder", error))?;
     let file = dir.path().join(file_name);

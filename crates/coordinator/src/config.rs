@@ -33,7 +33,7 @@ pub struct CoordinatorConfig {
     /// with the task still running.
     pub sync_grace_secs: u64,
     /// Seconds the coordinator waits for an agent to answer a live query
-    /// (`/script/peer/taskinfo`) or a script fetch.
+    /// (`/script/peer/taskinfo`).
     pub peer_query_timeout_secs: u64,
     /// Seconds the coordinator waits for an agent to confirm a cancel. The
     /// agent answers once the job's process tree is gone, which can take its
@@ -104,6 +104,12 @@ impl CoordinatorConfig {
             problems.push(format!(
                 "max_body_bytes ({}) is below 1024; requests would not fit",
                 self.max_body_bytes
+            ));
+        }
+        if self.max_script_bytes >= self.max_body_bytes {
+            problems.push(format!(
+                "max_script_bytes ({}) is not below max_body_bytes ({}), so an upload near the script limit is rejected as too large a body; lower max_script_bytes",
+                self.max_script_bytes, self.max_body_bytes
             ));
         }
         if self.max_peers_per_task == 0 {

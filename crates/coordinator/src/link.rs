@@ -122,7 +122,12 @@ async fn run_connection(
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | None => break,
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {
+                // Pings count as signs of life, so an idle agent's
+                // last-seen time keeps moving.
+                touch_peer(&state, &peer_id, &agent_version).await;
+                continue;
+            }
             Some(Err(error)) => {
                 debug!(%error, "agent link read failed");
                 break;

@@ -36,7 +36,7 @@ async fn inline_content_runs_from_private_file() {
     let cluster = Cluster::start().await;
 
     let with_shebang = cluster
-        .sync(json!({ "execWay": 1, "content": "#!/bin/bash\necho \"bash $BASH_VERSION\" | cut -c1-4\nstat -c %a \"$0\"" }))
+        .sync(json!({ "execWay": 1, "content": "#!/bin/bash\necho \"bash $BASH_VERSION\" | cut -c1-4\nstat -c %a \"$0\" \"$(dirname \"$0\")\"" }))
         .await;
     let with_cmd = cluster
         .sync(json!({ "execWay": 1, "cmd": "python3", "content": "import sys\nprint(len(sys.argv) - 1)", "args": ["1", "2"] }))
@@ -47,7 +47,7 @@ async fn inline_content_runs_from_private_file() {
 
     assert_eq!(
         res_cmd(&with_shebang)["stdout"],
-        "bash\n700\n",
+        "bash\n700\n700\n",
         "{with_shebang}"
     );
     assert_eq!(res_cmd(&with_cmd)["stdout"], "2\n", "{with_cmd}");
