@@ -43,6 +43,10 @@ pub struct AgentConfig {
     /// Put each job in its own cgroup (v2) when the machine allows, so that
     /// processes that leave the job's process group are still killed.
     pub use_cgroups: bool,
+    /// Sandbox policy file: `[[validate]]` plugins check each job before its
+    /// process starts, `[[post_process]]` plugins shape its result. None
+    /// means no plugins run here.
+    pub policy: Option<PathBuf>,
 }
 
 /// Largest allowed `max_output_bytes`: a job result carries both streams in
@@ -63,6 +67,7 @@ impl Default for AgentConfig {
             reconnect_max_secs: 30,
             script_fetch_timeout_secs: 30,
             use_cgroups: true,
+            policy: None,
         }
     }
 }

@@ -26,6 +26,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, info_span, warn};
 
+use runwarden_sandbox::sandbox::ValidateOutcome;
+use runwarden_sandbox::{HookPoint, Sandbox};
+
 use crate::link::ScriptFetcher;
 use crate::output::LiveOutput;
 use crate::prepare::{JobFailure, PrepareContext, prepare_job};
@@ -48,6 +51,7 @@ pub struct JobSettings {
 
 pub struct Jobs {
     settings: JobSettings,
+    sandbox: Arc<Sandbox>,
     entries: Mutex<Table>,
     slots: Arc<Semaphore>,
     outgoing: mpsc::UnboundedSender<AgentMessage>,
@@ -79,8 +83,10 @@ impl Jobs {
         settings: JobSettings,
         outgoing: mpsc::UnboundedSender<AgentMessage>,
         fetcher: ScriptFetcher,
+        sandbox: Arc<Sandbox>,
     ) -> Arc<Jobs> {
         Arc::new(Jobs {
+            sandbox,
             slots: Arc::new(Semaphore::new(settings.max_concurrent_jobs)),
             settings,
             entries: Mutex::new(Table::default()),
@@ -128,7 +134,7 @@ impl Jobs {
     }
 
     async fn run(self: Arc<Self>, job_id: String) {
-        let Some((req, output, cancel)) = self.with_entry(&job_id, |entry| {
+        let Some((mut req, output, cancel)) = self.with_entry(&job_id, |entry| {
             (
                 entry.req.clone(),
                 Arc::clone(&entry.output),
@@ -145,6 +151,30 @@ impl Jobs {
         if permit.is_none() {
             self.finish_canceled_before_start(&job_id);
             return;
+        }
+
+        if self.sandbox.has_plugins(HookPoint::Validate) {
+            match self.sandbox.validate(&req, &self.settings.peer_id).await {
+                ValidateOutcome::Allow {
+                    request,
+                    changed_by,
+                } => {
+                    if !changed_by.is_empty() {
+                        info!(plugins = ?changed_by, "job request changed by plugins");
+                        req = *request;
+                        let held = req.clone();
+                        self.with_entry(&job_id, |entry| entry.req = held);
+                    }
+                }
+                ValidateOutcome::Deny { plugin, reason } => {
+                    let failure = JobFailure {
+                        outcome: Outcome::Rejected,
+                        message: ValidateOutcome::rejection_message(&plugin, &reason),
+                    };
+                    self.finish_not_run(&job_id, failure);
+                    return;
+                }
+            }
         }
 
         let context = PrepareContext {
@@ -192,7 +222,22 @@ impl Jobs {
         drop(prepared);
 
         match ended {
-            Ok(termination) => self.finish_ran(&job_id, termination, timeout_secs),
+            Ok(termination) => {
+                let Some((status, mut res_cmd)) =
+                    self.result_of(&job_id, termination, timeout_secs)
+                else {
+                    return;
+                };
+                self.sandbox
+                    .post_process(
+                        &req,
+                        &self.settings.peer_id,
+                        &mut res_cmd,
+                        self.settings.max_output_bytes,
+                    )
+                    .await;
+                self.finish(&job_id, status, res_cmd);
+            }
             Err(error) => {
                 let failure = JobFailure {
                     outcome: Outcome::SpawnFailed,
@@ -231,12 +276,17 @@ impl Jobs {
         );
     }
 
-    fn finish_ran(&self, job_id: &str, termination: Termination, timeout_secs: u64) {
-        let Some((output, cancel_msg)) = self.with_entry(job_id, |entry| {
+    /// Builds the result of a job whose process ran, from its captured
+    /// output and how it ended.
+    fn result_of(
+        &self,
+        job_id: &str,
+        termination: Termination,
+        timeout_secs: u64,
+    ) -> Option<(JobStatus, ResCmd)> {
+        let (output, cancel_msg) = self.with_entry(job_id, |entry| {
             (Arc::clone(&entry.output), entry.cancel_msg.clone())
-        }) else {
-            return;
-        };
+        })?;
 
         let (outcome, err) = match termination {
             Termination::Exited(0) => (Outcome::Ok, String::new()),
@@ -264,7 +314,7 @@ impl Jobs {
         res_cmd.code = outcome;
         res_cmd.err = err;
         res_cmd.exit_code = termination.exit_code();
-        self.finish(job_id, outcome.job_status(), res_cmd);
+        Some((outcome.job_status(), res_cmd))
     }
 
     /// Records a job's final result and queues it for the coordinator.

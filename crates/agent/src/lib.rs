@@ -90,10 +90,17 @@ impl RunningAgent {
             limits,
         };
 
+        let sandbox = load_sandbox(config.policy.as_deref(), &config.data_dir).await?;
+
         let (outgoing, outgoing_receiver) = mpsc::unbounded_channel();
         let fetch_timeout = Duration::from_secs(config.script_fetch_timeout_secs);
         let fetcher = ScriptFetcher::new(outgoing.clone(), fetch_timeout);
-        let jobs = Jobs::new(settings, outgoing.clone(), fetcher.clone());
+        let jobs = Jobs::new(
+            settings,
+            outgoing.clone(),
+            fetcher.clone(),
+            Arc::new(sandbox),
+        );
 
         let shutdown = CancellationToken::new();
         let link = Link {
@@ -144,4 +151,21 @@ impl RunningAgent {
     pub async fn wait(&mut self) {
         let _ = (&mut self.link).await;
     }
+}
+
+/// Loads the plugins of the policy file, if there is one.
+async fn load_sandbox(
+    policy: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<runwarden_sandbox::Sandbox> {
+    use runwarden_sandbox::{HookPoint, Policy, Sandbox};
+
+    let Some(path) = policy else {
+        return Ok(Sandbox::empty());
+    };
+    let policy = Policy::from_file(path)?;
+    let hooks = [HookPoint::Validate, HookPoint::PostProcess];
+    Sandbox::load(&policy, &hooks, &data_dir.join("plugin-cache"))
+        .await
+        .with_context(|| format!("failed to load the sandbox policy `{}`", path.display()))
 }

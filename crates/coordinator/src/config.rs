@@ -5,7 +5,7 @@
 //! start-up instead of being ignored.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -41,6 +41,9 @@ pub struct CoordinatorConfig {
     pub cancel_timeout_secs: u64,
     /// Seconds a new agent connection has to send its `Hello`.
     pub hello_timeout_secs: u64,
+    /// Sandbox policy file whose `[[validate]]` plugins check every job
+    /// before dispatch; none means no plugins run here.
+    pub policy: Option<PathBuf>,
 }
 
 impl Default for CoordinatorConfig {
@@ -58,6 +61,7 @@ impl Default for CoordinatorConfig {
             peer_query_timeout_secs: 10,
             cancel_timeout_secs: 30,
             hello_timeout_secs: 10,
+            policy: None,
         }
     }
 }

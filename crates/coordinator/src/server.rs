@@ -9,6 +9,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use runwarden_sandbox::{HookPoint, Policy, Sandbox};
+
 use crate::config::CoordinatorConfig;
 use crate::peers::PeerRegistry;
 use crate::state::{AppState, TaskEvents};
@@ -36,6 +38,7 @@ impl RunningCoordinator {
         storage: Arc<dyn Storage>,
     ) -> anyhow::Result<RunningCoordinator> {
         config.validate().context("invalid coordinator config")?;
+
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| {
@@ -48,11 +51,13 @@ impl RunningCoordinator {
             .local_addr()
             .context("failed to read bound address")?;
 
+        let sandbox = load_sandbox(config.policy.as_deref()).await?;
         let state = AppState {
             config: Arc::new(config),
             storage,
             peers: Arc::new(PeerRegistry::default()),
             task_events: Arc::new(TaskEvents::default()),
+            sandbox: Arc::new(sandbox),
         };
         let router = crate::api::router(state.clone());
 
@@ -103,4 +108,29 @@ impl RunningCoordinator {
             .context("coordinator server task failed")?
             .context("coordinator server failed")
     }
+}
+
+/// Loads the validate plugins of the policy file, if there is one. The
+/// coordinator runs no post-process plugins: those run on agents.
+async fn load_sandbox(policy: Option<&std::path::Path>) -> anyhow::Result<Sandbox> {
+    let Some(path) = policy else {
+        return Ok(Sandbox::empty());
+    };
+    let policy = Policy::from_file(path)?;
+    if !policy.post_process.is_empty() {
+        info!(
+            count = policy.post_process.len(),
+            "post_process plugins in the policy run on agents, not on the coordinator"
+        );
+    }
+
+    let default_cache = std::env::temp_dir().join(format!("runwarden-plugin-cache-{}", nix_euid()));
+    Sandbox::load(&policy, &[HookPoint::Validate], &default_cache)
+        .await
+        .with_context(|| format!("failed to load the sandbox policy `{}`", path.display()))
+}
+
+fn nix_euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }

@@ -15,6 +15,8 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub peers: Arc<PeerRegistry>,
     pub task_events: Arc<TaskEvents>,
+    /// Validate plugins run on every job before dispatch.
+    pub sandbox: Arc<runwarden_sandbox::Sandbox>,
 }
 
 /// Wakes `/script/sync` callers when a job of their task changes, so that

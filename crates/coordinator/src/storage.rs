@@ -27,8 +27,12 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// The request an agent gets for one job of this task.
+    /// The request an agent gets for one job of this task: the task's,
+    /// unless a validate plugin changed it for this job.
     pub fn job_request(&self, job: &JobRecord) -> JobRequest {
+        if let Some(changed) = &job.changed_request {
+            return changed.clone();
+        }
         JobRequest {
             taskid: self.task_id.clone(),
             jobid: job.job_id.clone(),
@@ -47,6 +51,9 @@ pub struct JobRecord {
     pub peer_id: String,
     pub status: JobStatus,
     pub res_cmd: ResCmd,
+    /// The job's request when a validate plugin changed it; `None` means the
+    /// task's request.
+    pub changed_request: Option<JobRequest>,
 }
 
 /// A change to a job.

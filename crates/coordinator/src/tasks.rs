@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 use runwarden_protocol::api::{ExecWay, JobInfo, ResCmd, ScriptRequest, TaskInfo};
 use runwarden_protocol::link::CoordinatorMessage;
 use runwarden_protocol::status::{JobStatus, Outcome, TaskStatus};
+use runwarden_sandbox::HookPoint;
+use runwarden_sandbox::sandbox::ValidateOutcome;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
@@ -41,7 +43,8 @@ pub async fn create_task(
         });
     }
 
-    let task = new_task_record(request, timeout_secs);
+    let mut task = new_task_record(request, timeout_secs);
+    run_validate_hooks(state, &mut task).await;
     state.storage.insert_task(task.clone()).await?;
     info!(
         task_id = %task.task_id,
@@ -53,9 +56,47 @@ pub async fn create_task(
     );
 
     for job in &task.jobs {
-        dispatch_job(state, &task, job).await?;
+        if job.status == JobStatus::Pending {
+            dispatch_job(state, &task, job).await?;
+        } else {
+            state.task_events.notify(&task.task_id);
+        }
     }
     Ok(task)
+}
+
+/// Runs the policy's validate plugins on each job before it is stored. A
+/// denied job ends `rejected` and is never sent; a changed request replaces
+/// the task's request for that job only.
+async fn run_validate_hooks(state: &AppState, task: &mut TaskRecord) {
+    if !state.sandbox.has_plugins(HookPoint::Validate) {
+        return;
+    }
+
+    for index in 0..task.jobs.len() {
+        let request = task.job_request(&task.jobs[index]);
+        let peer_id = task.jobs[index].peer_id.clone();
+        let outcome = state.sandbox.validate(&request, &peer_id).await;
+
+        let job = &mut task.jobs[index];
+        match outcome {
+            ValidateOutcome::Allow { changed_by, .. } if changed_by.is_empty() => {}
+            ValidateOutcome::Allow {
+                request,
+                changed_by,
+            } => {
+                info!(task_id = %task.task_id, job_id = %job.job_id, plugins = ?changed_by, "job request changed by plugins");
+                job.changed_request = Some(*request);
+            }
+            ValidateOutcome::Deny { plugin, reason } => {
+                job.status = JobStatus::Rejected;
+                job.res_cmd = ResCmd::not_run(
+                    Outcome::Rejected,
+                    ValidateOutcome::rejection_message(&plugin, &reason),
+                );
+            }
+        }
+    }
 }
 
 fn new_task_record(request: ScriptRequest, timeout_secs: u32) -> TaskRecord {
@@ -69,6 +110,7 @@ fn new_task_record(request: ScriptRequest, timeout_secs: u32) -> TaskRecord {
             peer_id: peer.clone(),
             status: JobStatus::Pending,
             res_cmd: ResCmd::default(),
+            changed_request: None,
         })
         .collect();
 

@@ -155,7 +155,7 @@ pub struct JobInfo {
 ///
 /// See [`crate::output`] for how the output bytes are carried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct ResCmd {
     pub stdout: String,
     pub stderr: String,

@@ -2,6 +2,7 @@
 //! dev mode.
 
 mod dev;
+mod plugin_test;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -47,6 +48,16 @@ enum Command {
     /// Run a coordinator and one local agent in this process, for trying
     /// Runwarden out. State lives in memory; files go under --data-dir.
     Dev(dev::DevArgs),
+    /// Work with WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run one plugin once on a sample request (and result) and print its
+    /// decision, time and peak memory.
+    Test(plugin_test::PluginTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +77,7 @@ fn main() -> ExitCode {
             Command::Coordinator { config } => run_coordinator(config).await,
             Command::Agent { config } => run_agent(config).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Plugin(PluginCommand::Test(args)) => plugin_test::run(args).await,
         }
     });
 
@@ -101,8 +113,18 @@ pub enum Failure {
 }
 
 impl From<anyhow::Error> for Failure {
+    /// Sorts errors from loading a sandbox policy or its plugins as
+    /// configuration errors, and everything else as run errors.
     fn from(error: anyhow::Error) -> Self {
-        Failure::Run(error)
+        let is_config = error.chain().any(|cause| {
+            cause.is::<runwarden_sandbox::policy::PolicyError>()
+                || cause.is::<runwarden_sandbox::sandbox::LoadErrors>()
+        });
+        if is_config {
+            Failure::Config(error)
+        } else {
+            Failure::Run(error)
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! One loaded plugin: checked, compiled, linked, and ready to call.
 //!
 //! Loading checks, in order: the file's sha256 against its pin, that the file
-//! is a WebAssembly component, that every import is one the sandbox grants,
-//! and that the plugin exports the hook interface of a supported version.
+//! is a WebAssembly component, that the plugin exports the hook interface of
+//! a supported version, and that every import is one the sandbox grants.
 //! Then it calls `validate-config` once, so a bad configuration fails at
 //! start-up, not on the first job.
 //!
@@ -149,8 +149,11 @@ impl LoadedPlugin {
         check_component_header(&bytes, &plugin, &path_text)?;
 
         let component = compile(engine, &bytes, &spec.sha256, cache, &plugin)?;
-        check_imports(engine, &component, &plugin)?;
+        // The version check comes first: a plugin built for another interface
+        // version also imports that version's `types`, and "incompatible
+        // version" is the more useful message.
         check_exports(engine, &component, spec.hook, &plugin)?;
+        check_imports(engine, &component, &plugin)?;
 
         let bindings = link(engine, &component, spec.hook, &plugin)?;
         let loaded = LoadedPlugin {

@@ -154,6 +154,7 @@ mod tests {
                 peer_id: "p1".into(),
                 status: JobStatus::Pending,
                 res_cmd: ResCmd::default(),
+                changed_request: None,
             }],
         }
     }

@@ -31,6 +31,8 @@ pub struct ClusterOptions {
     pub max_concurrent_jobs: usize,
     pub max_timeout_secs: u32,
     pub max_body_bytes: usize,
+    /// Sandbox policy for the coordinator and every agent.
+    pub policy: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +44,7 @@ impl Default for ClusterOptions {
             max_concurrent_jobs: 16,
             max_timeout_secs: 3600,
             max_body_bytes: 8 * 1024 * 1024,
+            policy: None,
         }
     }
 }
@@ -73,6 +76,7 @@ impl Cluster {
             default_timeout_secs: options.max_timeout_secs.min(3600),
             max_body_bytes: options.max_body_bytes,
             cancel_timeout_secs: options.kill_grace_secs + 10,
+            policy: options.policy.clone(),
             ..CoordinatorConfig::default()
         };
         let coordinator = RunningCoordinator::start(config, Arc::new(MemoryStorage::new()))
@@ -106,6 +110,7 @@ impl Cluster {
             max_output_bytes: self.options.max_output_bytes,
             max_concurrent_jobs: self.options.max_concurrent_jobs,
             drain_timeout_ms: 500,
+            policy: self.options.policy.clone(),
             ..AgentConfig::default()
         };
         let agent = RunningAgent::start(config).await.expect("start agent");
