@@ -43,6 +43,12 @@ pub struct AgentConfig {
     /// Put each job in its own cgroup (v2) when the machine allows, so that
     /// processes that leave the job's process group are still killed.
     pub use_cgroups: bool,
+    /// Seconds that running jobs may go on after SIGTERM before they are
+    /// canceled and the agent stops.
+    pub shutdown_grace_secs: u64,
+    /// Seconds without any message or ping from the coordinator after which
+    /// the agent drops the connection and dials again.
+    pub coordinator_silence_secs: u64,
     /// Sandbox policy file: `[[validate]]` plugins check each job before its
     /// process starts, `[[post_process]]` plugins shape its result. None
     /// means no plugins run here.
@@ -67,6 +73,8 @@ impl Default for AgentConfig {
             reconnect_max_secs: 30,
             script_fetch_timeout_secs: 30,
             use_cgroups: true,
+            shutdown_grace_secs: 30,
+            coordinator_silence_secs: 60,
             policy: None,
         }
     }
@@ -105,6 +113,9 @@ impl AgentConfig {
                 "max_output_bytes ({}) is above {MAX_OUTPUT_BYTES_LIMIT}; lower it",
                 self.max_output_bytes
             ));
+        }
+        if self.coordinator_silence_secs == 0 {
+            problems.push("coordinator_silence_secs is 0; set it to at least 1".to_owned());
         }
         if self.reconnect_max_secs == 0 {
             problems.push("reconnect_max_secs is 0; set it to at least 1".to_owned());

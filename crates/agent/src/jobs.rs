@@ -29,6 +29,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use runwarden_sandbox::sandbox::ValidateOutcome;
 use runwarden_sandbox::{HookPoint, Sandbox};
 
+use crate::journal::{Journal, JournalEntry, JournalResult};
 use crate::link::ScriptFetcher;
 use crate::output::LiveOutput;
 use crate::prepare::{JobFailure, PrepareContext, prepare_job};
@@ -52,6 +53,10 @@ pub struct JobSettings {
 pub struct Jobs {
     settings: JobSettings,
     sandbox: Arc<Sandbox>,
+    journal: Journal,
+    /// Set when the agent is stopping: new jobs are not accepted, so the
+    /// coordinator sends them again once an agent is back.
+    draining: std::sync::atomic::AtomicBool,
     entries: Mutex<Table>,
     slots: Arc<Semaphore>,
     outgoing: mpsc::UnboundedSender<AgentMessage>,
@@ -84,9 +89,12 @@ impl Jobs {
         outgoing: mpsc::UnboundedSender<AgentMessage>,
         fetcher: ScriptFetcher,
         sandbox: Arc<Sandbox>,
+        journal: Journal,
     ) -> Arc<Jobs> {
         Arc::new(Jobs {
             sandbox,
+            journal,
+            draining: std::sync::atomic::AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(settings.max_concurrent_jobs)),
             settings,
             entries: Mutex::new(Table::default()),
@@ -107,6 +115,10 @@ impl Jobs {
     pub fn submit(self: &Arc<Self>, req: JobRequest) {
         let job_id = req.jobid.clone();
         let span = info_span!("job", task_id = %req.taskid, job_id = %job_id);
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            info!(parent: &span, "agent is stopping; job not accepted, the coordinator keeps it pending");
+            return;
+        }
 
         {
             let mut table = self.lock();
@@ -128,6 +140,16 @@ impl Jobs {
             );
         }
 
+        let entry = JournalEntry {
+            req: self.lock().jobs[&job_id].req.clone(),
+            result: None,
+        };
+        if let Err(error) = self.journal.write(&entry) {
+            warn!(parent: &span, %error, "failed to journal the job; it runs, but is lost if the agent dies");
+        }
+        let _ = self.outgoing.send(AgentMessage::JobAccepted {
+            job_id: job_id.clone(),
+        });
         info!(parent: &span, "job accepted");
         let jobs = Arc::clone(self);
         tokio::spawn(async move { jobs.run(job_id).await }.instrument(span));
@@ -331,8 +353,15 @@ impl Jobs {
             return;
         };
         entry.status = status;
-        entry.result = Some(res_cmd);
+        entry.result = Some(res_cmd.clone());
         let done = entry.done.clone();
+        let journaled = JournalEntry {
+            req: entry.req.clone(),
+            result: Some(JournalResult { status, res_cmd }),
+        };
+        if let Err(error) = self.journal.write(&journaled) {
+            warn!(job_id, %error, "failed to journal the job's result; it is lost if the agent dies before delivering it");
+        }
 
         table.unacked.insert(job_id.to_owned(), message.clone());
         table.finished.push_back(job_id.to_owned());
@@ -413,6 +442,91 @@ impl Jobs {
     /// The coordinator stored this job's result.
     pub fn acknowledge(&self, job_id: &str) {
         self.lock().unacked.remove(job_id);
+        if let Err(error) = self.journal.remove(job_id) {
+            warn!(job_id, %error, "failed to drop the job from the journal; its result may be sent again");
+        }
+    }
+
+    /// Loads the journal of an earlier agent process: results it had are
+    /// sent again, and jobs it was still running are reported `lost`, since
+    /// their processes died with it. Call before the link starts.
+    pub fn restore(&self, entries: Vec<JournalEntry>) {
+        for entry in entries {
+            let job_id = entry.req.jobid.clone();
+            let result = entry.result.unwrap_or_else(|| {
+                warn!(task_id = %entry.req.taskid, job_id, "job was queued or running when the agent stopped; reporting it lost");
+                JournalResult {
+                    status: JobStatus::Lost,
+                    res_cmd: ResCmd::not_run(
+                        Outcome::Lost,
+                        "the agent restarted while this job was queued or running, and its processes were killed, so its outcome is unknown",
+                    ),
+                }
+            });
+            let journaled = JournalEntry {
+                req: entry.req.clone(),
+                result: Some(result.clone()),
+            };
+            if let Err(error) = self.journal.write(&journaled) {
+                warn!(job_id, %error, "failed to journal a restored result");
+            }
+
+            let message = AgentMessage::JobFinished {
+                job_id: job_id.clone(),
+                status: result.status,
+                res_cmd: result.res_cmd.clone(),
+            };
+            let mut table = self.lock();
+            table.jobs.insert(
+                job_id.clone(),
+                JobEntry {
+                    req: entry.req,
+                    status: result.status,
+                    output: Arc::new(LiveOutput::new(0)),
+                    result: Some(result.res_cmd),
+                    cancel: CancellationToken::new(),
+                    cancel_msg: None,
+                    done: watch::channel(true).0,
+                },
+            );
+            table.unacked.insert(job_id.clone(), message);
+            table.finished.push_back(job_id);
+        }
+    }
+
+    /// Stops accepting new jobs.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits up to `limit` until no job is queued or running.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let waiters: Vec<_> = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|entry| !entry.status.is_final())
+            .map(|entry| entry.done.subscribe())
+            .collect();
+        let all_done = async {
+            for mut done in waiters {
+                let _ = done.wait_for(|done| *done).await;
+            }
+        };
+        tokio::time::timeout(limit, all_done).await.is_ok()
+    }
+
+    /// Waits up to `limit` until the coordinator has stored every result.
+    pub async fn wait_delivered(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.lock().unacked.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Jobs the coordinator should consider alive: open ones and those whose

@@ -7,6 +7,8 @@
 //!
 //! - [`link`]: the connection to the coordinator.
 //! - [`jobs`]: the job table: queueing, cancel, live queries.
+//! - [`journal`]: the on-disk record of accepted jobs and undelivered
+//!   results, read again after a restart.
 //! - [`prepare`]: from a job request to a process spec (user, environment,
 //!   working directory, execWay).
 //! - [`process`]: running one process tree to its end.
@@ -16,6 +18,7 @@
 
 pub mod config;
 pub mod jobs;
+pub mod journal;
 pub mod link;
 pub mod output;
 pub mod prepare;
@@ -34,8 +37,13 @@ use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::jobs::{JobSettings, Jobs};
+use crate::journal::Journal;
 use crate::link::{Link, ScriptFetcher};
 use crate::process::ProcessLimits;
+
+/// How long a stopping agent waits for the coordinator to store the results
+/// of its last jobs.
+const RESULT_DELIVERY_LIMIT: Duration = Duration::from_secs(5);
 
 /// An agent connected (or connecting) to its coordinator.
 pub struct RunningAgent {
@@ -44,6 +52,7 @@ pub struct RunningAgent {
     shutdown: CancellationToken,
     link: JoinHandle<()>,
     kill_grace: Duration,
+    shutdown_grace: Duration,
     cgroup_parent: Option<PathBuf>,
 }
 
@@ -71,7 +80,18 @@ impl RunningAgent {
             warn!(scripts_dir = %config.scripts_dir.display(), "scripts directory does not exist; execWay 2 jobs will fail until it does");
         }
 
+        let journal = Journal::open(&config.data_dir).with_context(|| {
+            format!(
+                "failed to open the agent's journal in `{}`; check that data_dir is writable",
+                config.data_dir.display()
+            )
+        })?;
+
         let cgroup_parent = if config.use_cgroups {
+            let killed = sys::cgroup::kill_stale_jobs();
+            if killed > 0 {
+                warn!(killed, "killed jobs left running by an agent that died");
+            }
             sys::cgroup::detect_parent()
         } else {
             None
@@ -100,10 +120,13 @@ impl RunningAgent {
             outgoing.clone(),
             fetcher.clone(),
             Arc::new(sandbox),
+            journal.clone(),
         );
+        jobs.restore(journal.load());
 
         let shutdown = CancellationToken::new();
         let link = Link {
+            silence_limit: Duration::from_secs(config.coordinator_silence_secs),
             url,
             peer_id: peer_id.clone(),
             jobs: Arc::clone(&jobs),
@@ -126,15 +149,31 @@ impl RunningAgent {
             shutdown,
             link,
             kill_grace: config.kill_grace(),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             cgroup_parent,
         })
     }
 
-    /// Cancels running jobs (killing their process trees), closes the link
-    /// and removes the agent's cgroup.
+    /// Stops gracefully: takes no new jobs, lets running ones finish for up
+    /// to `shutdown_grace_secs`, cancels the rest (killing their process
+    /// trees), waits briefly for the coordinator to store the results, then
+    /// closes the link and removes the agent's cgroup. Results not stored by
+    /// then stay in the journal and are sent by the next agent process.
     pub async fn stop(self) {
+        self.jobs.start_draining();
+        if !self.jobs.wait_idle(self.shutdown_grace).await {
+            info!(
+                grace_secs = self.shutdown_grace.as_secs(),
+                "jobs still running after the shutdown grace; canceling them"
+            );
+        }
         let limit = self.kill_grace + Duration::from_secs(10);
         self.jobs.cancel_all("the agent is stopping", limit).await;
+        if !self.jobs.wait_delivered(RESULT_DELIVERY_LIMIT).await {
+            warn!(
+                "some results were not delivered before stopping; the next agent start sends them"
+            );
+        }
         self.shutdown.cancel();
         if let Err(error) = self.link.await {
             warn!(%error, "agent link task failed");

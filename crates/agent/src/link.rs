@@ -107,6 +107,8 @@ impl ScriptFetcher {
 
 /// Everything the link loop needs.
 pub struct Link {
+    /// Longest quiet spell from the coordinator before the agent redials.
+    pub silence_limit: Duration,
     pub url: String,
     pub peer_id: String,
     pub jobs: Arc<Jobs>,
@@ -208,7 +210,11 @@ impl Link {
         ping.tick().await;
         loop {
             tokio::select! {
-                frame = stream.next() => {
+                frame = tokio::time::timeout(self.silence_limit, stream.next()) => {
+                    let Ok(frame) = frame else {
+                        warn!(silence_secs = self.silence_limit.as_secs(), "coordinator silent too long; dialing again");
+                        break;
+                    };
                     match frame {
                         Some(Ok(Message::Text(text))) => self.handle(&text),
                         Some(Ok(Message::Close(_))) | None => break,

@@ -44,6 +44,36 @@ pub struct CoordinatorConfig {
     /// Sandbox policy file whose `[[validate]]` plugins check every job
     /// before dispatch; none means no plugins run here.
     pub policy: Option<PathBuf>,
+    /// Where tasks, jobs, results, scripts and peers are kept: `sqlite`
+    /// (durable, in `data_dir/coordinator.db`) or `memory` (lost on exit).
+    pub storage: StorageKind,
+    /// Folder of the coordinator's database.
+    pub data_dir: PathBuf,
+    /// Seconds a job may wait for its peer to connect and accept it; after
+    /// that, with the peer still offline, it fails with `peer_offline`.
+    pub delivery_timeout_secs: u64,
+    /// Seconds a peer may stay offline while one of its jobs is accepted or
+    /// running; after that the job is `lost`.
+    pub lost_after_secs: u64,
+    /// Seconds without any message or ping from an agent after which its
+    /// connection is closed and the peer counts as offline.
+    pub peer_silence_secs: u64,
+    /// Seconds a finished task is kept; older finished tasks are deleted
+    /// with their output. 0 keeps tasks forever.
+    pub retention_secs: u64,
+    /// Seconds between retention passes.
+    pub prune_interval_secs: u64,
+    /// Seconds that in-flight requests (including `/script/sync` callers,
+    /// which get the task's state at once) have to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+/// The storage backend of the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Sqlite,
+    Memory,
 }
 
 impl Default for CoordinatorConfig {
@@ -62,11 +92,24 @@ impl Default for CoordinatorConfig {
             cancel_timeout_secs: 30,
             hello_timeout_secs: 10,
             policy: None,
+            storage: StorageKind::Sqlite,
+            data_dir: PathBuf::from("/var/lib/runwarden/coordinator"),
+            delivery_timeout_secs: 60,
+            lost_after_secs: 300,
+            peer_silence_secs: 60,
+            retention_secs: 30 * 24 * 3600,
+            prune_interval_secs: 3600,
+            shutdown_grace_secs: 30,
         }
     }
 }
 
 impl CoordinatorConfig {
+    /// Path of the SQLite database.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("coordinator.db")
+    }
+
     /// Reads a configuration file.
     ///
     /// # Errors
@@ -115,6 +158,16 @@ impl CoordinatorConfig {
                 "max_script_bytes ({}) is not below max_body_bytes ({}), so an upload near the script limit is rejected as too large a body; lower max_script_bytes",
                 self.max_script_bytes, self.max_body_bytes
             ));
+        }
+        for (name, value) in [
+            ("delivery_timeout_secs", self.delivery_timeout_secs),
+            ("lost_after_secs", self.lost_after_secs),
+            ("peer_silence_secs", self.peer_silence_secs),
+            ("prune_interval_secs", self.prune_interval_secs),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} is 0; set it to at least 1"));
+            }
         }
         if self.max_peers_per_task == 0 {
             problems.push("max_peers_per_task is 0; set it to at least 1".to_owned());

@@ -67,6 +67,8 @@ pub enum ApiError {
     RouteNotFound { method: String, path: String },
     #[error("internal error")]
     Internal,
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
 }
 
 impl From<crate::storage::StorageError> for ApiError {
@@ -97,6 +99,7 @@ impl ApiError {
             | ApiError::ScriptNotFound { .. }
             | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -114,6 +117,7 @@ impl ApiError {
             ApiError::ScriptNotFound { .. } => 3,
             ApiError::RouteNotFound { .. } => 4,
             ApiError::Internal => 1,
+            ApiError::ShuttingDown => 1,
         };
         i32::from(self.status().as_u16()) * 100 + within
     }
@@ -161,6 +165,10 @@ impl ApiError {
             ApiError::Internal => {
                 "internal error in the coordinator; retry, and report it if it persists".to_owned()
             }
+            ApiError::ShuttingDown => {
+                "the coordinator is shutting down and takes no new tasks; retry when it is back"
+                    .to_owned()
+            }
         }
     }
 
@@ -195,6 +203,7 @@ impl ApiError {
                 format!("没有 {method} {path} 这个 API；请查看 API 参考")
             }
             ApiError::Internal => "协调器内部错误；请重试，若持续出现请报告".to_owned(),
+            ApiError::ShuttingDown => "协调器正在关闭，不再接受新任务；请在它恢复后重试".to_owned(),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod lang;
 pub mod link;
 pub mod peers;
+pub mod reaper;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -6,6 +6,7 @@
 //! answers a cancel of that job, a cancel caller that gets its answer finds
 //! the job's result already stored.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
@@ -92,8 +93,10 @@ async fn run_connection(
     active_jobs: Vec<String>,
 ) {
     let (sender, receiver) = mpsc::channel(SEND_QUEUE_LEN);
+    let last_seen = Arc::new(Mutex::new(SystemTime::now()));
     let connection = PeerConnection {
         connection_id: state.peers.next_id(),
+        last_seen: Arc::clone(&last_seen),
         agent_version: agent_version.clone(),
         sender: sender.clone(),
         closed: CancellationToken::new(),
@@ -105,8 +108,11 @@ async fn run_connection(
     touch_peer(&state, &peer_id, &agent_version).await;
     info!(agent_version, "agent connected");
 
+    let silence = Duration::from_secs(state.config.peer_silence_secs);
     let (sink, mut stream) = socket.split();
-    tokio::spawn(write_messages(receiver, connection.closed.clone(), sink).in_current_span());
+    tokio::spawn(
+        write_messages(receiver, connection.closed.clone(), sink, silence / 3).in_current_span(),
+    );
 
     let welcome = CoordinatorMessage::Welcome {
         coordinator_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -115,19 +121,29 @@ async fn run_connection(
     reconcile_jobs(&state, &peer_id, &active_jobs).await;
 
     loop {
+        // Any frame, pings included, proves the agent is alive; a silent
+        // one is cut off so that its peer counts as offline.
         let frame = tokio::select! {
-            frame = stream.next() => frame,
+            frame = tokio::time::timeout(silence, stream.next()) => frame,
             () = connection.closed.cancelled() => break,
+            () = state.shutdown.cancelled() => break,
         };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) => {
+                warn!(
+                    silence_secs = silence.as_secs(),
+                    "agent silent too long; closing its connection"
+                );
+                break;
+            }
+        };
+        *last_seen.lock().unwrap_or_else(|p| p.into_inner()) = SystemTime::now();
+
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | None => break,
-            Some(Ok(_)) => {
-                // Pings count as signs of life, so an idle agent's
-                // last-seen time keeps moving.
-                touch_peer(&state, &peer_id, &agent_version).await;
-                continue;
-            }
+            Some(Ok(_)) => continue,
             Some(Err(error)) => {
                 debug!(%error, "agent link read failed");
                 break;
@@ -137,11 +153,11 @@ async fn run_connection(
             Ok(message) => handle_message(&state, &peer_id, &sender, message).await,
             Err(error) => warn!(%error, "agent sent a message that is not valid; ignored"),
         }
-        touch_peer(&state, &peer_id, &agent_version).await;
     }
 
     connection.closed.cancel();
     state.peers.unregister(&peer_id, connection.connection_id);
+    touch_peer(&state, &peer_id, &agent_version).await;
     info!("agent disconnected");
 }
 
@@ -149,11 +165,22 @@ async fn write_messages(
     mut receiver: mpsc::Receiver<CoordinatorMessage>,
     closed: CancellationToken,
     mut sink: SplitSink<WebSocket, Message>,
+    ping_every: Duration,
 ) {
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
     loop {
         let message = tokio::select! {
             message = receiver.recv() => message,
             () = closed.cancelled() => None,
+            _ = ping.tick() => {
+                if let Err(error) = sink.send(Message::Ping(Vec::new().into())).await {
+                    debug!(%error, "agent link ping failed");
+                    closed.cancel();
+                    break;
+                }
+                continue;
+            }
         };
         let Some(message) = message else {
             break;
@@ -187,10 +214,10 @@ async fn touch_peer(state: &AppState, peer_id: &str, agent_version: &str) {
 }
 
 /// Brings the coordinator's view of this peer's open jobs in line with what
-/// the agent reports on connect. A pending job the agent does not know was
-/// never received, so it is sent again (agents ignore a job id they already
-/// have). A running job the agent does not know was lost with an earlier
-/// agent process, so its outcome is unknown.
+/// the agent reports on connect. A pending job the agent never accepted is
+/// sent (again): agents ignore a job id they already have. An accepted or
+/// running job the agent does not know was lost with an earlier agent
+/// process, so its outcome is unknown.
 async fn reconcile_jobs(state: &AppState, peer_id: &str, active_jobs: &[String]) {
     let open_jobs = match state.storage.open_jobs_on_peer(peer_id).await {
         Ok(jobs) => jobs,
@@ -204,7 +231,7 @@ async fn reconcile_jobs(state: &AppState, peer_id: &str, active_jobs: &[String])
         if active_jobs.contains(&job.job_id) {
             continue;
         }
-        if job.status == JobStatus::Pending {
+        if job.status == JobStatus::Pending && !job.accepted {
             let task = match state.storage.task(&job.task_id).await {
                 Ok(Some(task)) => task,
                 _ => continue,
@@ -216,11 +243,11 @@ async fn reconcile_jobs(state: &AppState, peer_id: &str, active_jobs: &[String])
             continue;
         }
 
-        warn!(task_id = %job.task_id, job_id = %job.job_id, "agent no longer knows a running job; marking it lost");
+        warn!(task_id = %job.task_id, job_id = %job.job_id, "agent no longer knows an accepted job; marking it lost");
         let res_cmd = ResCmd::not_run(
             Outcome::Lost,
             format!(
-                "the agent on peer `{peer_id}` reconnected without this job (it restarted while the job ran), so the job's outcome is unknown"
+                "the agent on peer `{peer_id}` reconnected without this job (it lost the job it had accepted), so the job's outcome is unknown"
             ),
         );
         let update = JobUpdate::Finished {
@@ -241,6 +268,11 @@ async fn handle_message(
 ) {
     match message {
         AgentMessage::Hello { .. } => warn!("agent sent a second hello; ignored"),
+        AgentMessage::JobAccepted { job_id } => {
+            if let Err(error) = apply_job_update(state, &job_id, JobUpdate::Accepted).await {
+                warn!(job_id, ?error, "failed to record job acceptance");
+            }
+        }
         AgentMessage::JobStarted { job_id } => {
             if let Err(error) = apply_job_update(state, &job_id, JobUpdate::Started).await {
                 warn!(job_id, ?error, "failed to record job start");

@@ -1,9 +1,9 @@
 //! Agents connected right now, and request/answer calls to them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use runwarden_protocol::link::{AgentMessage, CoordinatorMessage};
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +16,8 @@ pub const SEND_QUEUE_LEN: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct PeerConnection {
     pub connection_id: u64,
+    /// Time of the last frame from the agent, shared with its reader loop.
+    pub last_seen: Arc<Mutex<SystemTime>>,
     pub agent_version: String,
     pub sender: mpsc::Sender<CoordinatorMessage>,
     /// Fires when the connection must close, for example because the same
@@ -32,9 +34,14 @@ pub enum CallError {
     Timeout,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerRegistry {
     connections: Mutex<HashMap<String, PeerConnection>>,
+    /// When each peer that connected since start-up last disconnected.
+    offline_since: Mutex<HashMap<String, SystemTime>>,
+    /// When the registry was made; peers not seen since then count as
+    /// offline from this moment.
+    started_at: SystemTime,
     pending_calls: Mutex<HashMap<u64, PendingCall>>,
     next_id: AtomicU64,
 }
@@ -45,7 +52,30 @@ struct PendingCall {
     answer: oneshot::Sender<AgentMessage>,
 }
 
+impl Default for PeerRegistry {
+    fn default() -> Self {
+        PeerRegistry {
+            connections: Mutex::default(),
+            offline_since: Mutex::default(),
+            started_at: SystemTime::now(),
+            pending_calls: Mutex::default(),
+            next_id: AtomicU64::default(),
+        }
+    }
+}
+
 impl PeerRegistry {
+    /// Since when `peer_id` has been offline: its last disconnect, or the
+    /// registry's start when it has not connected since. `None` while it is
+    /// connected.
+    pub fn offline_since(&self, peer_id: &str) -> Option<SystemTime> {
+        if self.get(peer_id).is_some() {
+            return None;
+        }
+        let offline = self.offline_since.lock().unwrap_or_else(|p| p.into_inner());
+        Some(offline.get(peer_id).copied().unwrap_or(self.started_at))
+    }
+
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -67,6 +97,10 @@ impl PeerRegistry {
                 .is_some_and(|live| live.connection_id == connection_id)
             {
                 connections.remove(peer_id);
+                self.offline_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer_id.to_owned(), SystemTime::now());
             }
         }
 

@@ -5,16 +5,20 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+
+use tracing::{info, warn};
 
 use runwarden_sandbox::{HookPoint, Policy, Sandbox};
 
-use crate::config::CoordinatorConfig;
+use crate::config::{CoordinatorConfig, StorageKind};
 use crate::peers::PeerRegistry;
 use crate::state::{AppState, TaskEvents};
 use crate::storage::Storage;
+use crate::storage::memory::MemoryStorage;
+use crate::storage::sqlite::SqliteStorage;
 
 /// A coordinator serving on its socket.
 pub struct RunningCoordinator {
@@ -52,16 +56,19 @@ impl RunningCoordinator {
             .context("failed to read bound address")?;
 
         let sandbox = load_sandbox(config.policy.as_deref()).await?;
+        let shutdown = CancellationToken::new();
         let state = AppState {
             config: Arc::new(config),
             storage,
             peers: Arc::new(PeerRegistry::default()),
             task_events: Arc::new(TaskEvents::default()),
             sandbox: Arc::new(sandbox),
+            shutdown: shutdown.clone(),
         };
         let router = crate::api::router(state.clone());
 
-        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::reaper::run(state.clone()));
+
         // Job results and cancels are small messages on long-lived agent
         // sockets; Nagle's algorithm would hold each one back for tens of
         // milliseconds.
@@ -90,23 +97,73 @@ impl RunningCoordinator {
         self.state.peers.get(peer_id).is_some()
     }
 
-    /// Stops accepting connections and waits for the server to end.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Shuts down gracefully: refuses new tasks (HTTP 503), answers waiting
+    /// `/script/sync` callers with their task's state, closes agent links,
+    /// and waits up to `shutdown_grace_secs` for requests in flight. Every
+    /// stored write is already on disk, so nothing needs flushing.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        info!("coordinator shutting down");
         self.shutdown.cancel();
-        self.server
-            .await
-            .context("coordinator server task failed")?
-            .context("coordinator server failed")?;
+
+        let grace = Duration::from_secs(self.state.config.shutdown_grace_secs);
+        match tokio::time::timeout(grace, &mut self.server).await {
+            Ok(joined) => {
+                joined
+                    .context("coordinator server task failed")?
+                    .context("coordinator server failed")?;
+            }
+            Err(_) => {
+                warn!(
+                    grace_secs = grace.as_secs(),
+                    "requests still running after the shutdown grace; closing them"
+                );
+                self.server.abort();
+            }
+        }
         info!("coordinator stopped");
         Ok(())
     }
 
-    /// Waits until the server ends by itself (it only does so on an error).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.server
-            .await
-            .context("coordinator server task failed")?
-            .context("coordinator server failed")
+    /// Serves until `signal` resolves, then stops gracefully (see
+    /// [`RunningCoordinator::stop`]). Returns early with the error if the
+    /// server fails by itself.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            ended = &mut self.server => {
+                ended
+                    .context("coordinator server task failed")?
+                    .context("coordinator server failed")?;
+                anyhow::bail!("coordinator server ended unexpectedly")
+            }
+            () = signal => self.stop().await,
+        }
+    }
+}
+
+/// Opens the storage backend the configuration names.
+///
+/// # Errors
+///
+/// Fails when the data folder cannot be created or the database cannot be
+/// opened.
+pub fn open_storage(config: &CoordinatorConfig) -> anyhow::Result<Arc<dyn Storage>> {
+    match config.storage {
+        StorageKind::Memory => {
+            warn!("storage is in memory: tasks and results are lost when the coordinator stops");
+            Ok(Arc::new(MemoryStorage::new()))
+        }
+        StorageKind::Sqlite => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!(
+                    "failed to create the coordinator's data_dir `{}`; create it or change data_dir",
+                    config.data_dir.display()
+                )
+            })?;
+            let path = config.database_path();
+            let storage = SqliteStorage::open(&path)?;
+            info!(database = %path.display(), "storage opened");
+            Ok(Arc::new(storage))
+        }
     }
 }
 

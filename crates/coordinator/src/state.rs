@@ -17,6 +17,9 @@ pub struct AppState {
     pub task_events: Arc<TaskEvents>,
     /// Validate plugins run on every job before dispatch.
     pub sandbox: Arc<runwarden_sandbox::Sandbox>,
+    /// Fires when the coordinator starts to shut down: new tasks are
+    /// refused, and `/script/sync` callers get their task's state at once.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Wakes `/script/sync` callers when a job of their task changes, so that

@@ -7,6 +7,7 @@
 //! race and the first to land decides the job's result.
 
 pub mod memory;
+pub mod sqlite;
 
 use std::time::SystemTime;
 
@@ -54,11 +55,18 @@ pub struct JobRecord {
     /// The job's request when a validate plugin changed it; `None` means the
     /// task's request.
     pub changed_request: Option<JobRequest>,
+    /// True once the peer's agent confirmed it has the job (queued or
+    /// running); a pending job that was never accepted may be sent again.
+    pub accepted: bool,
+    /// When the task, and so the job, was created.
+    pub created_at: SystemTime,
 }
 
 /// A change to a job.
 #[derive(Debug, Clone)]
 pub enum JobUpdate {
+    /// The peer's agent has the job. Applies only to a pending job.
+    Accepted,
     /// The peer started the job's process. Applies only to a pending job.
     Started,
     /// The job ended. Applies only to a job that is not final yet.
@@ -101,6 +109,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Jobs on `peer_id` that are pending or running.
     async fn open_jobs_on_peer(&self, peer_id: &str) -> Result<Vec<JobRecord>, StorageError>;
+
+    /// Every job that is pending or running, on any peer.
+    async fn open_jobs(&self) -> Result<Vec<JobRecord>, StorageError>;
+
+    /// Deletes tasks created before `before` whose jobs are all final, with
+    /// their jobs and output, and returns how many tasks it deleted.
+    async fn prune_tasks(&self, before: SystemTime) -> Result<u64, StorageError>;
 
     /// Stores a script, replacing any script of the same name.
     async fn put_script(&self, script: StoredScript) -> Result<(), StorageError>;

@@ -15,7 +15,8 @@ use crate::state::AppState;
 use crate::storage::{JobRecord, JobUpdate, TaskRecord};
 
 /// Creates a task with one pending job per peer and hands each job to its
-/// agent. A job whose peer is offline ends at once with `peer_offline`.
+/// agent. A job whose peer is offline waits for it up to the delivery
+/// timeout.
 ///
 /// # Errors
 ///
@@ -101,6 +102,7 @@ async fn run_validate_hooks(state: &AppState, task: &mut TaskRecord) {
 
 fn new_task_record(request: ScriptRequest, timeout_secs: u32) -> TaskRecord {
     let task_id = uuid::Uuid::now_v7().to_string();
+    let created_at = SystemTime::now();
     let jobs = request
         .peers
         .iter()
@@ -111,6 +113,8 @@ fn new_task_record(request: ScriptRequest, timeout_secs: u32) -> TaskRecord {
             status: JobStatus::Pending,
             res_cmd: ResCmd::default(),
             changed_request: None,
+            accepted: false,
+            created_at,
         })
         .collect();
 
@@ -121,14 +125,14 @@ fn new_task_record(request: ScriptRequest, timeout_secs: u32) -> TaskRecord {
         task_id,
         name: request.name,
         creater: request.creater,
-        created_at: SystemTime::now(),
+        created_at,
         content,
         jobs,
     }
 }
 
-/// Sends a job to its peer, or ends it with `peer_offline` when the peer is
-/// not connected.
+/// Sends a job to its peer if the peer is connected; otherwise the job waits
+/// for the peer (see [`crate::reaper`]).
 pub async fn dispatch_job(
     state: &AppState,
     task: &TaskRecord,
@@ -144,24 +148,11 @@ pub async fn dispatch_job(
 
     if sent {
         tracing::debug!(task_id = %task.task_id, job_id = %job.job_id, peer_id = %job.peer_id, "job sent to agent");
-        return Ok(());
+    } else {
+        // The job stays pending: it is sent when the peer connects, or fails
+        // with `peer_offline` once the delivery timeout passes.
+        info!(task_id = %task.task_id, job_id = %job.job_id, peer_id = %job.peer_id, "peer offline; job waits for it");
     }
-
-    // TODO: jobs for an offline peer fail at once; waiting for the peer up
-    // to a delivery timeout needs the durable store, which does not exist yet.
-    warn!(task_id = %task.task_id, job_id = %job.job_id, peer_id = %job.peer_id, "peer offline, job not delivered");
-    let res_cmd = ResCmd::not_run(
-        Outcome::PeerOffline,
-        format!(
-            "peer `{}` is not connected, so the job was not delivered; start its agent and submit again",
-            job.peer_id
-        ),
-    );
-    let update = JobUpdate::Finished {
-        status: JobStatus::Failed,
-        res_cmd,
-    };
-    apply_job_update(state, &job.job_id, update).await?;
     Ok(())
 }
 
@@ -235,11 +226,15 @@ pub async fn wait_for_task(
             Err(error) => break Err(error.into()),
         };
         let info = task_info(&task);
-        if info.status.is_final() {
+        if info.status.is_final() || state.shutdown.is_cancelled() {
             break Ok(info);
         }
 
-        match tokio::time::timeout_at(deadline, events.changed()).await {
+        let changed = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, events.changed()) => changed,
+            () = state.shutdown.cancelled() => continue,
+        };
+        match changed {
             Ok(Ok(())) => continue,
             // The sender is only dropped once no receiver is left, so this
             // arm is not expected; subscribing again keeps the wait correct.

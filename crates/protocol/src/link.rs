@@ -34,6 +34,8 @@ pub enum AgentMessage {
         /// connections.
         active_jobs: Vec<String>,
     },
+    /// The agent has the job (recorded in its journal) and will run it.
+    JobAccepted { job_id: String },
     /// The job's process has started.
     JobStarted { job_id: String },
     /// The job ended; sent once per job, and again after a reconnect until

@@ -2,15 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use runwarden_agent::RunningAgent;
 use runwarden_agent::config::AgentConfig;
 use runwarden_coordinator::config::{CoordinatorConfig, DEFAULT_LISTEN};
-use runwarden_coordinator::server::RunningCoordinator;
-use runwarden_coordinator::storage::memory::MemoryStorage;
+use runwarden_coordinator::server::{RunningCoordinator, open_storage};
 
 use crate::Failure;
 
@@ -46,10 +44,11 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
 
     let coordinator_config = CoordinatorConfig {
         listen: args.listen,
+        data_dir: args.data_dir.clone(),
         ..CoordinatorConfig::default()
     };
-    let coordinator =
-        RunningCoordinator::start(coordinator_config, Arc::new(MemoryStorage::new())).await?;
+    let storage = open_storage(&coordinator_config)?;
+    let coordinator = RunningCoordinator::start(coordinator_config, storage).await?;
     let base_url = format!("http://{}", coordinator.local_addr);
 
     let agent_config = AgentConfig {

@@ -7,14 +7,12 @@ mod plugin_test;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use runwarden_agent::RunningAgent;
 use runwarden_agent::config::AgentConfig;
 use runwarden_coordinator::config::CoordinatorConfig;
-use runwarden_coordinator::server::RunningCoordinator;
-use runwarden_coordinator::storage::memory::MemoryStorage;
+use runwarden_coordinator::server::{RunningCoordinator, open_storage};
 use tracing::error;
 
 /// Exit status for an invalid command line or configuration (`EX_USAGE`).
@@ -46,7 +44,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run a coordinator and one local agent in this process, for trying
-    /// Runwarden out. State lives in memory; files go under --data-dir.
+    /// Runwarden out. State and files go under --data-dir.
     Dev(dev::DevArgs),
     /// Work with WebAssembly plugins.
     #[command(subcommand)]
@@ -135,11 +133,9 @@ async fn run_coordinator(config: Option<PathBuf>) -> Result<(), Failure> {
     };
     warn_if_not_loopback(&config);
 
-    let coordinator = RunningCoordinator::start(config, Arc::new(MemoryStorage::new())).await?;
-    tokio::select! {
-        outcome = coordinator.wait() => outcome?,
-        () = shutdown_signal() => {}
-    }
+    let storage = open_storage(&config)?;
+    let coordinator = RunningCoordinator::start(config, storage).await?;
+    coordinator.run_until(shutdown_signal()).await?;
     Ok(())
 }
 

@@ -152,3 +152,120 @@ fn bad_policy_fails_coordinator_start() {
     assert!(stderr.contains("missing.wasm"), "{stderr}");
     assert!(stderr.contains("sha256"), "{stderr}");
 }
+
+#[tokio::test]
+async fn failing_post_processor_withholds_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = runwarden_fixtures::built_plugin("hostile-post");
+    let sha256 = runwarden_sandbox::plugin::file_sha256(&path).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[post_process]]\nname = \"breaks\"\npath = \"{}\"\nsha256 = \"{sha256}\"\nconfig = {{ mode = \"trap\" }}\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let options = ClusterOptions {
+        policy: Some(policy),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(options).await;
+
+    let first = cluster
+        .sync(json!({ "execWay": 0, "content": "echo private" }))
+        .await;
+    let second = cluster
+        .sync(json!({ "execWay": 0, "content": "echo again" }))
+        .await;
+
+    for data in [&first, &second] {
+        let res = res_cmd(data);
+        assert_eq!(data["list"][0]["status"], "success", "{data}");
+        assert_eq!(res["stdout"], "", "{data}");
+        let err = res["err"].as_str().unwrap();
+        assert!(err.contains("post-process plugin `breaks` failed"), "{err}");
+        assert!(err.contains("output withheld"), "{err}");
+    }
+    cluster.stop().await;
+}
+
+fn plugin_test(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_runwarden"))
+        .args(["plugin", "test"])
+        .args(args)
+        .output()
+        .expect("run runwarden plugin test")
+}
+
+#[test]
+fn plugin_test_prints_denial() {
+    let plugin = runwarden_fixtures::built_plugin("deny-dangerous");
+    let request = runwarden_fixtures::requests_dir().join("dangerous-request.json");
+
+    let output = plugin_test(&[
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--hook",
+        "validate",
+        "--request",
+        request.to_str().unwrap(),
+    ]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("verdict: deny: "), "{stdout}");
+    assert!(stdout.contains("time:"), "{stdout}");
+    assert!(stdout.contains("bytes peak"), "{stdout}");
+}
+
+#[test]
+fn plugin_test_prints_processed_output() {
+    let plugin = runwarden_fixtures::built_plugin("redact-secrets");
+    let request = runwarden_fixtures::requests_dir().join("command-line.json");
+    let result = runwarden_fixtures::results_dir().join("secret-and-json.json");
+
+    let output = plugin_test(&[
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--hook",
+        "post-process",
+        "--request",
+        request.to_str().unwrap(),
+        "--result",
+        result.to_str().unwrap(),
+    ]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("stdout (changed)"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        !stdout.contains("BEGIN RSA PRIVATE KEY-----\nVGhp"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn plugin_test_reports_plugin_failure() {
+    let plugin = runwarden_fixtures::built_plugin("hostile");
+    let request = runwarden_fixtures::requests_dir().join("command-line.json");
+
+    let output = plugin_test(&[
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--hook",
+        "validate",
+        "--config",
+        r#"{"mode":"loop"}"#,
+        "--timeout-ms",
+        "50",
+        "--request",
+        request.to_str().unwrap(),
+    ]);
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("time limit of 50 ms"), "{stderr}");
+}

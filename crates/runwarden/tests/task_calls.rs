@@ -256,6 +256,7 @@ async fn cancel_racing_completion_agrees_with_status() {
 async fn offline_peer_job_fails_peer_offline() {
     let options = ClusterOptions {
         peers: vec!["up".into(), "down".into()],
+        delivery_timeout_secs: 1,
         ..ClusterOptions::default()
     };
     let mut cluster = Cluster::start_with(options).await;

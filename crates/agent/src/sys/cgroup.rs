@@ -285,6 +285,15 @@ impl JobCgroup {
         ))
     }
 
+    /// Opens a job cgroup that already exists, such as one left by an agent
+    /// that died.
+    pub(crate) fn existing(path: PathBuf) -> io::Result<JobCgroup> {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(path.join("cgroup.procs"))?;
+        Ok(JobCgroup { path, procs })
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
@@ -375,6 +384,69 @@ impl Drop for JobCgroup {
     fn drop(&mut self) {
         let _ = fs::remove_dir(&self.path);
     }
+}
+
+/// Kills the job processes that an earlier agent left behind when it died
+/// without cleaning up (for example on SIGKILL), and removes its cgroups.
+///
+/// It looks at the `runwarden-agent-<pid>` siblings of this agent's own
+/// parent cgroup whose pid no longer exists. A folder whose pid is alive
+/// belongs to a running agent and is left alone. Returns how many leftover
+/// job cgroups it emptied.
+pub fn kill_stale_jobs() -> usize {
+    let own_dir = match own_cgroup_dir() {
+        Ok(dir) => dir,
+        Err(error) => {
+            tracing::debug!(%error, "no cgroup v2 hierarchy; no stale jobs to look for");
+            return 0;
+        }
+    };
+    let Ok(entries) = fs::read_dir(&own_dir) else {
+        return 0;
+    };
+
+    let mut emptied = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("runwarden-agent-"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        emptied += empty_stale_parent(&entry.path());
+    }
+    emptied
+}
+
+fn empty_stale_parent(parent: &Path) -> usize {
+    let mut emptied = 0;
+    if let Ok(jobs) = fs::read_dir(parent) {
+        for job in jobs.flatten().filter(|entry| entry.path().is_dir()) {
+            let Ok(cgroup) = JobCgroup::existing(job.path()) else {
+                continue;
+            };
+            if !cgroup.is_empty() {
+                warn!(cgroup = %job.path().display(), "killing processes left by an agent that died");
+                cgroup.kill_all();
+                emptied += 1;
+            }
+            for _ in 0..REMOVE_ATTEMPTS {
+                if cgroup.is_empty() && fs::remove_dir(job.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    if let Err(error) = fs::remove_dir(parent) {
+        warn!(cgroup = %parent.display(), %error, "failed to remove a stale agent cgroup");
+    }
+    emptied
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub async fn script_async(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ScriptRequest>,
 ) -> Result<Json<Envelope<TaskCreated>>, ApiError> {
+    refuse_when_shutting_down(&state)?;
     let timeout_secs = validate_script_request(&request, &state.config)?;
 
     let task = create_task(&state, request, timeout_secs).await?;
@@ -37,6 +38,7 @@ pub async fn script_sync(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ScriptRequest>,
 ) -> Result<Json<Envelope<TaskInfo>>, ApiError> {
+    refuse_when_shutting_down(&state)?;
     let timeout_secs = validate_script_request(&request, &state.config)?;
 
     let task = create_task(&state, request, timeout_secs).await?;
@@ -63,6 +65,13 @@ pub async fn task_info(
         })?;
 
     Ok(Json(Envelope::ok(build_task_info(&task))))
+}
+
+fn refuse_when_shutting_down(state: &AppState) -> Result<(), ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    Ok(())
 }
 
 fn field_empty(field: &str) -> ApiError {

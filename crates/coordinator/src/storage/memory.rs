@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use runwarden_protocol::api::{StoredScript, StoredScriptInfo};
@@ -76,7 +77,11 @@ impl Storage for MemoryStorage {
         };
 
         match update {
+            JobUpdate::Accepted if job.status == JobStatus::Pending && !job.accepted => {
+                job.accepted = true;
+            }
             JobUpdate::Started if job.status == JobStatus::Pending => {
+                job.accepted = true;
                 job.status = JobStatus::Running;
             }
             JobUpdate::Finished { status, res_cmd } if !job.status.is_final() => {
@@ -98,6 +103,37 @@ impl Storage for MemoryStorage {
             .cloned()
             .collect();
         Ok(jobs)
+    }
+
+    async fn open_jobs(&self) -> Result<Vec<JobRecord>, StorageError> {
+        let inner = self.lock();
+        let jobs = inner
+            .tasks
+            .values()
+            .flat_map(|task| task.jobs.iter())
+            .filter(|job| !job.status.is_final())
+            .cloned()
+            .collect();
+        Ok(jobs)
+    }
+
+    async fn prune_tasks(&self, before: SystemTime) -> Result<u64, StorageError> {
+        let mut inner = self.lock();
+        let old: Vec<String> = inner
+            .tasks
+            .values()
+            .filter(|task| task.created_at < before)
+            .filter(|task| task.jobs.iter().all(|job| job.status.is_final()))
+            .map(|task| task.task_id.clone())
+            .collect();
+        for task_id in &old {
+            if let Some(task) = inner.tasks.remove(task_id) {
+                for job in task.jobs {
+                    inner.job_index.remove(&job.job_id);
+                }
+            }
+        }
+        Ok(old.len() as u64)
     }
 
     async fn put_script(&self, script: StoredScript) -> Result<(), StorageError> {
@@ -155,6 +191,8 @@ mod tests {
                 status: JobStatus::Pending,
                 res_cmd: ResCmd::default(),
                 changed_request: None,
+                accepted: false,
+                created_at: SystemTime::now(),
             }],
         }
     }

@@ -33,6 +33,8 @@ pub struct ClusterOptions {
     pub max_body_bytes: usize,
     /// Sandbox policy for the coordinator and every agent.
     pub policy: Option<PathBuf>,
+    pub delivery_timeout_secs: u64,
+    pub lost_after_secs: u64,
 }
 
 impl Default for ClusterOptions {
@@ -45,6 +47,8 @@ impl Default for ClusterOptions {
             max_timeout_secs: 3600,
             max_body_bytes: 8 * 1024 * 1024,
             policy: None,
+            delivery_timeout_secs: 60,
+            lost_after_secs: 300,
         }
     }
 }
@@ -75,8 +79,11 @@ impl Cluster {
             max_timeout_secs: options.max_timeout_secs,
             default_timeout_secs: options.max_timeout_secs.min(3600),
             max_body_bytes: options.max_body_bytes,
+            max_script_bytes: options.max_body_bytes / 2,
             cancel_timeout_secs: options.kill_grace_secs + 10,
             policy: options.policy.clone(),
+            delivery_timeout_secs: options.delivery_timeout_secs,
+            lost_after_secs: options.lost_after_secs,
             ..CoordinatorConfig::default()
         };
         let coordinator = RunningCoordinator::start(config, Arc::new(MemoryStorage::new()))
@@ -110,6 +117,7 @@ impl Cluster {
             max_output_bytes: self.options.max_output_bytes,
             max_concurrent_jobs: self.options.max_concurrent_jobs,
             drain_timeout_ms: 500,
+            shutdown_grace_secs: 0,
             policy: self.options.policy.clone(),
             ..AgentConfig::default()
         };
