@@ -30,9 +30,9 @@ use crate::store::{CallState, CountingClock, FixedWallClock, LogLimiter, MemoryL
 /// The plugin interface version this host implements.
 pub const INTERFACE_VERSION: &str = "1.0.0";
 
-/// Interface name prefixes a plugin may import. WASI file system interfaces
-/// are always linked, because Rust's standard library imports them, but a
-/// plugin sees no folder unless the policy grants `read_only_dirs`.
+/// Interface name prefixes a plugin may import. The WASI file system
+/// interfaces are allowed so that code using `std::fs` loads, but a plugin
+/// can open no folder unless the policy grants `read_only_dirs`.
 const GRANTED_IMPORTS: &[&str] = &[
     "runwarden:plugin/host@1.",
     "runwarden:plugin/types@1.",
