@@ -361,3 +361,33 @@ async fn every_load_failure_is_reported() {
     let errors = error.downcast::<LoadErrors>().unwrap();
     assert_eq!(errors.0.len(), 2, "{errors}");
 }
+
+async fn probe_reason(path: &std::path::Path, grant: Option<&std::path::Path>) -> String {
+    let cache = cache_dir();
+    let config = json!({ "mode": "read-file", "path": path });
+    let mut spec = spec("hostile", HookPoint::Validate, config);
+    spec.read_only_dirs = grant.map(|dir| vec![dir.to_owned()]).unwrap_or_default();
+    let sandbox = load(vec![spec], cache.path()).await.unwrap();
+    match sandbox.validate(&job("true"), "p1").await {
+        ValidateOutcome::Deny { reason, .. } => reason,
+        other => panic!("read-file mode allowed the job: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn files_need_a_read_only_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("granted.txt");
+    std::fs::write(&file, "hello from the host").unwrap();
+
+    let ungranted = probe_reason(&file, None).await;
+    let granted = probe_reason(&file, Some(dir.path())).await;
+
+    assert!(ungranted.contains("read: failed"), "{ungranted}");
+    assert!(
+        granted.contains("read: ok `hello from the host`"),
+        "{granted}"
+    );
+    assert!(granted.contains("write: failed"), "{granted}");
+    assert!(!dir.path().join("granted.txt.written-by-plugin").exists());
+}
