@@ -295,10 +295,12 @@ async fn handle_message(
                     "job result already stored or job unknown; kept the first"
                 ),
                 Err(error) => {
+                    // NOTE: the agent sends unconfirmed results again only
+                    // after it reconnects, so the job stays open until then.
                     warn!(
                         job_id,
                         ?error,
-                        "failed to store job result; the agent will send it again"
+                        "failed to store job result; the agent sends it again after it reconnects"
                     );
                     return;
                 }

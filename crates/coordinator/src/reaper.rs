@@ -72,6 +72,10 @@ fn expiry(
     let config = &state.config;
     let waited = |since: SystemTime| now.duration_since(since).unwrap_or_default();
 
+    // NOTE: `accepted` stays false until the agent's confirmation arrives. If
+    // the link broke after the job reached the agent but before that, the
+    // agent runs the job although it ends here as never delivered, and its
+    // result is then ignored.
     if job.status == JobStatus::Pending && !job.accepted {
         let since = offline_since.max(job.created_at);
         let limit = Duration::from_secs(config.delivery_timeout_secs);

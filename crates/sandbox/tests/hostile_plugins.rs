@@ -152,8 +152,10 @@ async fn failure_allows_when_policy_says_so() {
 #[tokio::test]
 async fn looping_plugin_does_not_stall_others() {
     let cache = cache_dir();
+    // A long limit, so that the check below cannot race the limit even on
+    // a loaded machine; the call is aborted once the check is made.
     let mut looping = hostile("loop");
-    looping.timeout_ms = 10_000;
+    looping.timeout_ms = 60_000;
     let looping_sandbox = load(vec![looping], cache.path()).await.unwrap();
     let ok_sandbox = load(vec![hostile("ok")], cache.path()).await.unwrap();
 
@@ -171,7 +173,7 @@ async fn looping_plugin_does_not_stall_others() {
         !stuck.is_finished(),
         "the other calls waited for the looping plugin"
     );
-    assert!(matches!(stuck.await.unwrap(), ValidateOutcome::Deny { .. }));
+    stuck.abort();
 }
 
 #[tokio::test]

@@ -205,8 +205,8 @@ async fn cancel_job(state: &AppState, item: CancelItem) -> Result<CancelReply, A
         Ok(AgentMessage::CancelDone {
             result: CancelResult::NotFound,
             ..
-        })
-        | Err(CallError::Offline) => cancel_unreachable_job(state, &job, &item, reply).await,
+        }) => cancel_unreachable_job(state, &job, &item, reply, true).await,
+        Err(CallError::Offline) => cancel_unreachable_job(state, &job, &item, reply, false).await,
         Ok(AgentMessage::CancelDone { result, status, .. }) => {
             let msg = match result {
                 CancelResult::Canceled => "canceled: the job's process tree was killed".to_owned(),
@@ -239,15 +239,18 @@ async fn cancel_job(state: &AppState, item: CancelItem) -> Result<CancelReply, A
 }
 
 /// Cancels a job its agent cannot act on: the peer is offline, or the agent
-/// does not know the job. A job still pending never started, so it ends as
-/// canceled. A running job's outcome is unknown, so it stays as it is.
+/// does not know the job (`agent_lacks_job`). A pending job that the agent
+/// never accepted, or no longer has, never started, so it ends as canceled.
+/// A running job, or a pending one in the queue of the offline agent, may
+/// still run, so its outcome is unknown and it stays as it is.
 async fn cancel_unreachable_job(
     state: &AppState,
     job: &crate::storage::JobRecord,
     item: &CancelItem,
     reply: impl Fn(CancelResult, String) -> CancelReply,
+    agent_lacks_job: bool,
 ) -> Result<CancelReply, ApiError> {
-    if job.status == JobStatus::Pending {
+    if job.status == JobStatus::Pending && (agent_lacks_job || !job.accepted) {
         let err = format!("canceled before start: {}", item.msg);
         let update = JobUpdate::Finished {
             status: JobStatus::Canceled,

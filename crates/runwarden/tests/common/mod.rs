@@ -3,12 +3,16 @@
 //! Each test starts its own [`Cluster`] on an ephemeral port, so tests run in
 //! parallel without sharing state. Agents run in the test process and run
 //! real processes; the helpers here find leftover processes by a marker
-//! variable in their environment and zombies by their parent pid.
+//! variable in their environment and zombies by their parent pid. [`fleet`]
+//! runs the `runwarden` binary instead, for tests that kill and restart
+//! coordinators and agents.
 
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the harness"
 )]
+
+pub mod fleet;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
