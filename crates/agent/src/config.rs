@@ -36,7 +36,7 @@ pub struct AgentConfig {
     /// Bytes of stdout, and separately of stderr, kept per job; the rest is
     /// dropped and counted (`stdoutDropped`, `stderrDropped`).
     pub max_output_bytes: usize,
-    /// Longest wait between reconnect attempts, in seconds.
+    /// Maximum wait between reconnect attempts, in seconds.
     pub reconnect_max_secs: u64,
     /// Seconds to wait for the coordinator to send an execWay 3 script.
     pub script_fetch_timeout_secs: u64,

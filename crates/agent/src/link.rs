@@ -30,7 +30,7 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// a dead connection.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 
-/// Time the coordinator has to answer the agent's `Hello`.
+/// Time the coordinator has to reply to the agent's `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 type PendingFetches = Arc<Mutex<HashMap<u64, oneshot::Sender<Option<FetchedScript>>>>>;
@@ -44,7 +44,7 @@ pub struct ScriptFetcher {
     timeout: Duration,
 }
 
-/// A script fetch that got no answer.
+/// A script fetch that got no reply.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error(
@@ -107,7 +107,8 @@ impl ScriptFetcher {
 
 /// Everything the link loop needs.
 pub struct Link {
-    /// Longest quiet spell from the coordinator before the agent redials.
+    /// Maximum time without a frame from the coordinator before the agent
+    /// redials.
     pub silence_limit: Duration,
     pub url: String,
     pub peer_id: String,
@@ -182,7 +183,9 @@ impl Link {
                     serde_json::from_str::<CoordinatorMessage>(&text),
                     Ok(CoordinatorMessage::Welcome { .. })
                 ) {
-                    warn!("coordinator answered hello with something else than welcome");
+                    warn!(
+                        "coordinator replied to hello with a message other than welcome; dialing again"
+                    );
                     return;
                 }
             }
@@ -190,7 +193,10 @@ impl Link {
                 let reason = frame
                     .map(|frame| frame.reason.to_string())
                     .unwrap_or_default();
-                error!(reason, "coordinator refused this agent");
+                error!(
+                    reason,
+                    "coordinator rejected this agent; fix the cause and it dials again"
+                );
                 return;
             }
             other => {

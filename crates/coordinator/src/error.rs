@@ -38,7 +38,7 @@ pub enum Invalid {
     CancelListEmpty,
 }
 
-/// An error answer of the REST API.
+/// An error response of the REST API.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("request body is not valid JSON: {detail}")]

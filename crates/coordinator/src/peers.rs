@@ -25,7 +25,7 @@ pub struct PeerConnection {
     pub closed: CancellationToken,
 }
 
-/// Why a call to an agent got no answer.
+/// Reason a call to an agent got no reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     #[error("peer is offline")]

@@ -53,7 +53,7 @@ pub struct ScriptRequest {
     pub content: ScriptContent,
 }
 
-/// How `content.content` is run on the peer.
+/// Way of running `content.content` on the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecWay {
     /// The interpreter runs `content` as inline code (`sh -c`, `python3 -c`).
@@ -78,7 +78,7 @@ impl ExecWay {
     }
 }
 
-/// What to run and how: the `content` object of a script request.
+/// The `content` object of a script request: the script and how to run it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScriptContent {
     /// Working directory on the peer; empty means the run-as user's home.
@@ -227,14 +227,14 @@ pub struct PeerTaskInfoRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerTaskInfo {
     pub peerid: String,
-    /// The job request as the peer holds it; `null` when `err` is set.
+    /// The job request as the peer stores it; `null` when `err` is set.
     pub req: Option<JobRequest>,
     /// Job status on the peer; `null` when `err` is set.
     pub status: Option<JobStatus>,
     /// The peer's `resCmd`, with the output so far while the job runs.
     pub value: Option<ResCmd>,
-    /// Set when the peer is offline, does not answer in time, or does not
-    /// know the task; empty otherwise.
+    /// Set when the peer is offline, does not reply in time, or has no job of
+    /// the task; empty otherwise.
     pub err: String,
 }
 
@@ -275,7 +275,7 @@ pub struct CancelResponse {
     pub list: Vec<CancelReply>,
 }
 
-/// What happened to one job of a cancel request.
+/// Outcome of canceling one job of a cancel request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CancelReply {
     pub peerid: String,
@@ -300,7 +300,7 @@ pub enum CancelResult {
     NotFound,
     /// The peer is not connected, so the cancel could not be delivered.
     PeerOffline,
-    /// The peer did not answer the cancel in time.
+    /// The peer did not reply to the cancel in time.
     PeerTimeout,
 }
 

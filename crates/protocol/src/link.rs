@@ -45,17 +45,17 @@ pub enum AgentMessage {
         status: JobStatus,
         res_cmd: ResCmd,
     },
-    /// Answer to [`CoordinatorMessage::QueryTask`].
+    /// Reply to [`CoordinatorMessage::QueryTask`].
     TaskRecord {
         request_id: u64,
         /// `None` when the agent has no job of that task.
         record: Option<AgentJobRecord>,
     },
-    /// Answer to [`CoordinatorMessage::CancelJob`].
+    /// Reply to [`CoordinatorMessage::CancelJob`].
     CancelDone {
         request_id: u64,
         result: CancelResult,
-        /// Status of the job after the cancel, when the agent knows the job.
+        /// Status of the job after the cancel, when the agent has the job.
         status: Option<JobStatus>,
     },
     /// Asks for a script body from the script store.
@@ -81,7 +81,7 @@ pub enum CoordinatorMessage {
     },
     /// Asks for the agent's own record of a task's job.
     QueryTask { request_id: u64, task_id: String },
-    /// Answer to [`AgentMessage::FetchScript`].
+    /// Reply to [`AgentMessage::FetchScript`].
     ScriptBody {
         request_id: u64,
         /// `None` when the store has no script of that name.

@@ -17,7 +17,7 @@ pub enum JobStatus {
     Canceled,
     /// A validation hook or a policy rejected the job, so nothing ran.
     Rejected,
-    /// The peer stopped answering and the job's outcome is unknown.
+    /// The peer stopped responding and the job's outcome is unknown.
     Lost,
 }
 
@@ -129,9 +129,9 @@ pub enum Outcome {
     SpawnFailed,
     /// The job could not be delivered because its peer is not connected.
     PeerOffline,
-    /// The peer stopped answering and the job's outcome is unknown.
+    /// The peer stopped responding and the job's outcome is unknown.
     Lost,
-    /// The agent failed for a reason unrelated to the script; `err` says why.
+    /// The agent failed for a reason unrelated to the script; `err` gives the cause.
     AgentError,
 }
 

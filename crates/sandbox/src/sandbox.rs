@@ -15,7 +15,8 @@ use crate::plugin::{LoadError, LoadedPlugin};
 use crate::policy::{HookPoint, OnError, Policy};
 use crate::store::truncate_utf8;
 
-/// Longest denial reason passed on, in bytes; longer ones are cut.
+/// Maximum length of a denial reason passed on, in bytes; longer ones are
+/// cut.
 pub const MAX_REASON_BYTES: usize = 4096;
 
 /// The plugins of a policy, loaded and ready to run.
