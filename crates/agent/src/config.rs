@@ -53,6 +53,14 @@ pub struct AgentConfig {
     /// process starts, `[[post_process]]` plugins shape its result. None
     /// means no plugins run here.
     pub policy: Option<PathBuf>,
+    /// One-time enrollment token from the coordinator's admin, used on the
+    /// first connection to get this agent's own credential. Needed only
+    /// when the coordinator has authentication on and `credential_file`
+    /// does not exist yet.
+    pub enrollment_token: String,
+    /// File that keeps this agent's credential (mode 0600); empty means
+    /// `credential` in `data_dir`.
+    pub credential_file: Option<PathBuf>,
 }
 
 /// Largest allowed `max_output_bytes`: a job result carries both streams in
@@ -76,6 +84,8 @@ impl Default for AgentConfig {
             shutdown_grace_secs: 30,
             coordinator_silence_secs: 60,
             policy: None,
+            enrollment_token: String::new(),
+            credential_file: None,
         }
     }
 }
@@ -151,6 +161,13 @@ impl AgentConfig {
             "{rest}{}",
             runwarden_protocol::link::AGENT_LINK_PATH
         ))
+    }
+
+    /// The file that keeps this agent's credential.
+    pub fn credential_path(&self) -> PathBuf {
+        self.credential_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("credential"))
     }
 
     /// The peer id, falling back to the host name.

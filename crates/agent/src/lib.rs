@@ -17,6 +17,7 @@
 //! Start one with [`RunningAgent::start`].
 
 pub mod config;
+pub mod credential;
 pub mod jobs;
 pub mod journal;
 pub mod link;
@@ -128,6 +129,10 @@ impl RunningAgent {
         let link = Link {
             silence_limit: Duration::from_secs(config.coordinator_silence_secs),
             url,
+            credentials: credential::Credentials::new(
+                config.credential_path(),
+                &config.enrollment_token,
+            ),
             peer_id: peer_id.clone(),
             jobs: Arc::clone(&jobs),
             fetcher,

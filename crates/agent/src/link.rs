@@ -15,11 +15,16 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use runwarden_protocol::LINK_PROTOCOL_VERSION;
 use runwarden_protocol::link::{AgentMessage, CoordinatorMessage, FetchedScript};
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::credential::Credentials;
 use crate::jobs::Jobs;
 
 /// Largest message accepted from the coordinator, in bytes. The largest
@@ -111,6 +116,9 @@ pub struct Link {
     /// redials.
     pub silence_limit: Duration,
     pub url: String,
+    /// Token presented when dialing: the credential, or the enrollment
+    /// token until the agent has one.
+    pub credentials: Credentials,
     pub peer_id: String,
     pub jobs: Arc<Jobs>,
     pub fetcher: ScriptFetcher,
@@ -130,9 +138,12 @@ impl Link {
             let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
             // The last argument turns off Nagle's algorithm, which would hold
             // back small messages such as job results.
-            let dialed = tokio::select! {
-                dialed = tokio_tungstenite::connect_async_with_config(&self.url, Some(config), true) => dialed,
-                () = self.shutdown.cancelled() => break,
+            let dialed = match self.link_request() {
+                Ok(request) => tokio::select! {
+                    dialed = tokio_tungstenite::connect_async_with_config(request, Some(config), true) => dialed,
+                    () = self.shutdown.cancelled() => break,
+                },
+                Err(error) => Err(error),
             };
 
             match dialed {
@@ -140,7 +151,7 @@ impl Link {
                     backoff = Duration::from_millis(200);
                     self.serve(socket).await;
                 }
-                Err(error) => warn!(%error, url = %self.url, "failed to reach coordinator"),
+                Err(error) => log_dial_error(&error, &self.url),
             }
             if self.shutdown.is_cancelled() {
                 break;
@@ -158,6 +169,27 @@ impl Link {
             backoff = (backoff * 2).min(self.reconnect_max);
         }
         info!("agent link stopped");
+    }
+
+    /// Builds the WebSocket upgrade request, with the agent's token in an
+    /// `Authorization: Bearer` header when it has one.
+    fn link_request(&self) -> Result<Request, tungstenite::Error> {
+        let mut request = self.url.as_str().into_client_request()?;
+
+        let bearer = self
+            .credentials
+            .bearer()
+            .map_err(|error| tungstenite::Error::Io(std::io::Error::other(format!("{error:#}"))))?;
+        if let Some(token) = bearer {
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                tungstenite::Error::Io(std::io::Error::other(format!(
+                    "the agent's token is not a valid header value; check `{}` and enrollment_token",
+                    self.credentials.path.display()
+                )))
+            })?;
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        Ok(request)
     }
 
     async fn serve(
@@ -179,14 +211,23 @@ impl Link {
         }
         match tokio::time::timeout(WELCOME_TIMEOUT, stream.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
-                if !matches!(
-                    serde_json::from_str::<CoordinatorMessage>(&text),
-                    Ok(CoordinatorMessage::Welcome { .. })
-                ) {
+                let Ok(CoordinatorMessage::Welcome { credential, .. }) =
+                    serde_json::from_str::<CoordinatorMessage>(&text)
+                else {
                     warn!(
                         "coordinator replied to hello with a message other than welcome; dialing again"
                     );
                     return;
+                };
+                if let Some(credential) = credential {
+                    if let Err(error) = self.credentials.save(&credential) {
+                        error!(
+                            error = format!("{error:#}"),
+                            "enrolled, but failed to store the new credential; the enrollment token is used up, so fix the file's folder and ask an admin to revoke this peer and issue a new enrollment token"
+                        );
+                        return;
+                    }
+                    info!(path = %self.credentials.path.display(), "enrolled with the coordinator; credential stored");
                 }
             }
             Ok(Some(Ok(Message::Close(frame)))) => {
@@ -318,6 +359,38 @@ where
 
 /// Adds up to 50% random-looking jitter, so that many agents cut off at once
 /// do not redial in step. The clock's nanoseconds are random enough here.
+/// Logs a failed dial. A rejected token gets an error with the
+/// coordinator's message, because only an operator can fix it.
+fn log_dial_error(error: &tungstenite::Error, url: &str) {
+    if let tungstenite::Error::Http(response) = error {
+        let message = response
+            .body()
+            .as_ref()
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .and_then(|body| {
+                body.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        if response.status() == tungstenite::http::StatusCode::UNAUTHORIZED {
+            error!(
+                status = response.status().as_u16(),
+                message,
+                url,
+                "coordinator rejected this agent's token; set enrollment_token to a new enrollment token (and delete a revoked credential_file), then the agent dials again"
+            );
+            return;
+        }
+        warn!(
+            status = response.status().as_u16(),
+            message, url, "coordinator refused the agent link"
+        );
+        return;
+    }
+    warn!(%error, url, "failed to reach coordinator");
+}
+
 fn with_jitter(base: Duration) -> Duration {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -1,5 +1,6 @@
 //! The REST API: routes, handlers and error rendering.
 
+mod access;
 mod peers;
 mod script;
 mod script_store;
@@ -8,7 +9,7 @@ use axum::extract::Request;
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use runwarden_protocol::api::Envelope;
 use runwarden_protocol::link::AGENT_LINK_PATH;
@@ -35,9 +36,21 @@ pub fn router(state: AppState) -> Router {
             get(script_store::fetch_script).delete(script_store::delete_script),
         )
         .route("/peers", get(peers::list_peers))
+        .route("/peers/{peer_id}/revoke", post(access::revoke_peer))
+        .route(
+            "/tokens",
+            get(access::list_tokens).post(access::create_token),
+        )
+        .route("/tokens/{name}", delete(access::revoke_token))
+        .route("/enrollments", post(access::create_enrollment))
+        .route("/audit", get(access::list_audit))
         .route(AGENT_LINK_PATH, get(crate::link::agent_link))
         .fallback(route_not_found)
         .method_not_allowed_fallback(route_not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate_api,
+        ))
         .layer(middleware::from_fn(render_errors))
         .with_state(state)
 }

@@ -61,11 +61,43 @@ pub struct CoordinatorConfig {
     /// Seconds a finished task is kept; older finished tasks are deleted
     /// with their output. 0 keeps tasks forever.
     pub retention_secs: u64,
+    /// Seconds an audit log entry is kept. 0 keeps entries forever.
+    pub audit_retention_secs: u64,
     /// Seconds between retention passes.
     pub prune_interval_secs: u64,
     /// Seconds that in-flight requests (including `/script/sync` callers,
     /// which get the task's state at once) have to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Tasks (calls to `/script/async` and `/script/sync`) one token may
+    /// create per minute; further calls get HTTP 429 until the minute's
+    /// budget refills. Without authentication the limit applies per source
+    /// IP address. 0 means no limit.
+    pub max_tasks_per_minute: u32,
+    /// API tokens and agent credentials.
+    pub auth: AuthConfig,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Requires an API token on every REST call except `GET /health`, and
+    /// an agent credential or enrollment token on every agent link. Off is
+    /// allowed only while `listen` is a loopback address.
+    pub enabled: bool,
+    /// Seconds between two `token.use` audit entries for one token's calls
+    /// that change nothing (reads). Calls that change state always get an
+    /// entry of their own. 0 writes an entry for every call.
+    pub token_use_audit_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            token_use_audit_secs: 60,
+        }
+    }
 }
 
 /// The storage backend of the coordinator.
@@ -98,8 +130,11 @@ impl Default for CoordinatorConfig {
             lost_after_secs: 300,
             peer_silence_secs: 60,
             retention_secs: 30 * 24 * 3600,
+            audit_retention_secs: 365 * 24 * 3600,
             prune_interval_secs: 3600,
             shutdown_grace_secs: 30,
+            max_tasks_per_minute: 0,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -169,6 +204,15 @@ impl CoordinatorConfig {
                 problems.push(format!("{name} is 0; set it to at least 1"));
             }
         }
+        if !self.auth.enabled && !self.listen.ip().is_loopback() {
+            problems.push(format!(
+                "listen address {} is not a loopback address, but [auth] enabled is false, so anyone who reaches it could run commands on every peer; set `enabled = true` under [auth] and create an admin token with `runwarden token create --config <this file> --name admin --scope admin`, or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        if self.auth.enabled && self.storage == StorageKind::Memory {
+            problems.push("[auth] enabled needs storage = \"sqlite\": tokens kept in memory are lost on restart and none can be created before start; set storage = \"sqlite\"".to_owned());
+        }
         if self.max_peers_per_task == 0 {
             problems.push("max_peers_per_task is 0; set it to at least 1".to_owned());
         }
@@ -196,6 +240,38 @@ mod tests {
     fn unknown_key_is_rejected() {
         let error = toml::from_str::<CoordinatorConfig>("listen_addr = \"x\"").unwrap_err();
         assert!(error.to_string().contains("listen_addr"), "{error}");
+    }
+
+    #[test]
+    fn open_listen_without_auth_is_rejected() {
+        let config = CoordinatorConfig {
+            listen: "0.0.0.0:7300".parse().unwrap(),
+            ..CoordinatorConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("0.0.0.0:7300"), "{error}");
+        assert!(error.contains("enabled = true"), "{error}");
+    }
+
+    #[test]
+    fn open_listen_with_auth_is_accepted() {
+        let config = CoordinatorConfig {
+            listen: "0.0.0.0:7300".parse().unwrap(),
+            auth: AuthConfig {
+                enabled: true,
+                ..AuthConfig::default()
+            },
+            ..CoordinatorConfig::default()
+        };
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn auth_with_memory_storage_is_rejected() {
+        let config: CoordinatorConfig =
+            toml::from_str("storage = \"memory\"\n[auth]\nenabled = true").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("storage = \"sqlite\""), "{error}");
     }
 
     #[test]

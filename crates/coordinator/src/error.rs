@@ -15,6 +15,13 @@ use runwarden_protocol::api::Envelope;
 
 use crate::lang::Lang;
 
+mod access;
+
+pub use access::{
+    AccessError, ENROLLMENT_TTL_EXPECTED, NAME_EXPECTED, PEER_EXPECTED, SCOPE_EXPECTED,
+    TTL_EXPECTED,
+};
+
 /// A rule that a script request breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
@@ -69,6 +76,14 @@ pub enum ApiError {
     Internal,
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Access(AccessError),
+}
+
+impl From<AccessError> for ApiError {
+    fn from(error: AccessError) -> Self {
+        ApiError::Access(error)
+    }
 }
 
 impl From<crate::storage::StorageError> for ApiError {
@@ -100,6 +115,7 @@ impl ApiError {
             | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Access(error) => error.status(),
         }
     }
 
@@ -118,12 +134,16 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => 4,
             ApiError::Internal => 1,
             ApiError::ShuttingDown => 1,
+            ApiError::Access(error) => error.code_within_status(),
         };
         i32::from(self.status().as_u16()) * 100 + within
     }
 
     /// The message for clients, in `lang`.
     pub fn message(&self, lang: Lang) -> String {
+        if let ApiError::Access(error) = self {
+            return error.message(lang);
+        }
         match lang {
             Lang::En => self.message_en(),
             Lang::Zh => self.message_zh(),
@@ -169,6 +189,7 @@ impl ApiError {
                 "the coordinator is shutting down and takes no new tasks; retry when it is back"
                     .to_owned()
             }
+            ApiError::Access(error) => error.message(Lang::En),
         }
     }
 
@@ -204,6 +225,7 @@ impl ApiError {
             }
             ApiError::Internal => "协调器内部错误；请重试，若持续出现请报告".to_owned(),
             ApiError::ShuttingDown => "协调器正在关闭，不再接受新任务；请在它恢复后重试".to_owned(),
+            ApiError::Access(error) => error.message(Lang::Zh),
         }
     }
 
@@ -214,7 +236,29 @@ impl ApiError {
             message: self.message(lang),
             data: None,
         };
-        (self.status(), axum::Json(body)).into_response()
+        let mut response = (self.status(), axum::Json(body)).into_response();
+
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Access(
+                AccessError::MissingToken
+                | AccessError::InvalidToken
+                | AccessError::ExpiredToken { .. }
+                | AccessError::RevokedToken { .. },
+            ) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::Access(AccessError::RateLimited {
+                retry_after_secs, ..
+            }) => {
+                headers.insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            _ => {}
+        }
+        response
     }
 }
 

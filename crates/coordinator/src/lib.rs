@@ -9,6 +9,8 @@
 //! Start one with [`server::RunningCoordinator::start`].
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;

@@ -9,8 +9,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::State;
+mod identity;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -22,10 +26,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
+use crate::auth::Caller;
 use crate::peers::{PeerConnection, SEND_QUEUE_LEN};
 use crate::state::AppState;
 use crate::storage::{JobUpdate, PeerRecord};
 use crate::tasks::apply_job_update;
+use identity::{LinkIdentity, admit_peer, authenticate_link};
 
 /// Largest message accepted from an agent, in bytes. A job result carries
 /// both output streams, each up to the agent's output cap and base64-encoded
@@ -35,13 +41,27 @@ pub const MAX_LINK_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// WebSocket close code for a peer that violates the link protocol.
 const CLOSE_POLICY_VIOLATION: u16 = 1008;
 
-pub async fn agent_link(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn agent_link(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let identity = match authenticate_link(&state, &headers, &caller).await {
+        Ok(identity) => identity,
+        Err(error) => return error.into_response(),
+    };
     upgrade
         .max_message_size(MAX_LINK_MESSAGE_BYTES)
-        .on_upgrade(move |socket| serve_agent(state, socket))
+        .on_upgrade(move |socket| serve_agent(state, socket, identity, caller))
 }
 
-async fn serve_agent(state: AppState, mut socket: WebSocket) {
+async fn serve_agent(
+    state: AppState,
+    mut socket: WebSocket,
+    identity: LinkIdentity,
+    caller: Caller,
+) {
     let hello_timeout = Duration::from_secs(state.config.hello_timeout_secs);
     let hello = match tokio::time::timeout(hello_timeout, socket.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<AgentMessage>(&text).ok(),
@@ -71,16 +91,37 @@ async fn serve_agent(state: AppState, mut socket: WebSocket) {
         return;
     }
 
+    let credential = match admit_peer(&state, identity, &peer_id, &caller).await {
+        Ok(credential) => credential,
+        Err(reason) => {
+            close_with(socket, &reason).await;
+            return;
+        }
+    };
+
     let span = info_span!("agent_link", peer_id = %peer_id);
-    run_connection(state, socket, peer_id, agent_version, active_jobs)
-        .instrument(span)
-        .await;
+    run_connection(
+        state,
+        socket,
+        peer_id,
+        agent_version,
+        active_jobs,
+        credential,
+    )
+    .instrument(span)
+    .await;
 }
 
+/// Closes the socket with `reason`, cut to the 123 bytes a close frame
+/// can carry.
 async fn close_with(mut socket: WebSocket, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     let frame = CloseFrame {
         code: CLOSE_POLICY_VIOLATION,
-        reason: reason.into(),
+        reason: reason[..end].into(),
     };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
@@ -91,6 +132,7 @@ async fn run_connection(
     peer_id: String,
     agent_version: String,
     active_jobs: Vec<String>,
+    credential: Option<String>,
 ) {
     let (sender, receiver) = mpsc::channel(SEND_QUEUE_LEN);
     let last_seen = Arc::new(Mutex::new(SystemTime::now()));
@@ -116,6 +158,7 @@ async fn run_connection(
 
     let welcome = CoordinatorMessage::Welcome {
         coordinator_version: env!("CARGO_PKG_VERSION").to_owned(),
+        credential,
     };
     let _ = sender.send(welcome).await;
     reconcile_jobs(&state, &peer_id, &active_jobs).await;

@@ -107,13 +107,27 @@ fn expiry(
 
 async fn prune_tasks(state: &AppState) {
     let retention = state.config.retention_secs;
+    if retention > 0 {
+        let before = SystemTime::now() - Duration::from_secs(retention);
+        match state.storage.prune_tasks(before).await {
+            Ok(0) => {}
+            Ok(count) => info!(count, retention_secs = retention, "pruned old tasks"),
+            Err(error) => warn!(%error, "failed to prune old tasks; retrying at the next pass"),
+        }
+    }
+
+    let retention = state.config.audit_retention_secs;
     if retention == 0 {
         return;
     }
     let before = SystemTime::now() - Duration::from_secs(retention);
-    match state.storage.prune_tasks(before).await {
+    match state.storage.prune_audit(before).await {
         Ok(0) => {}
-        Ok(count) => info!(count, retention_secs = retention, "pruned old tasks"),
-        Err(error) => warn!(%error, "failed to prune old tasks; retrying at the next pass"),
+        Ok(count) => info!(
+            count,
+            retention_secs = retention,
+            "pruned old audit entries"
+        ),
+        Err(error) => warn!(%error, "failed to prune old audit entries; retrying at the next pass"),
     }
 }

@@ -64,6 +64,7 @@ impl RunningCoordinator {
             task_events: Arc::new(TaskEvents::default()),
             sandbox: Arc::new(sandbox),
             shutdown: shutdown.clone(),
+            auth: Arc::new(crate::auth::AuthState::default()),
         };
         let router = crate::api::router(state.clone());
 
@@ -78,11 +79,18 @@ impl RunningCoordinator {
             }
         });
         let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
         );
-        info!(%local_addr, "coordinator listening");
+        info!(
+            %local_addr,
+            auth = state.config.auth.enabled,
+            "coordinator listening"
+        );
 
         Ok(RunningCoordinator {
             local_addr,

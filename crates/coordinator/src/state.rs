@@ -20,6 +20,8 @@ pub struct AppState {
     /// Fires when the coordinator starts to shut down: new tasks are
     /// refused, and `/script/sync` callers get their task's state at once.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Rate limit buckets and audit throttles of authentication.
+    pub auth: Arc<crate::auth::AuthState>,
 }
 
 /// Wakes `/script/sync` callers when a job of their task changes, so that

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use runwarden_protocol::api::{JobRequest, ResCmd, ScriptContent, StoredScript, StoredScriptInfo};
 use runwarden_protocol::status::JobStatus;
 
+use crate::auth::token::{Scope, TokenKind};
+
 /// A task with its jobs.
 #[derive(Debug, Clone)]
 pub struct TaskRecord {
@@ -81,6 +83,73 @@ pub struct PeerRecord {
     pub last_seen: SystemTime,
 }
 
+/// A stored token: an API token, an enrollment token or an agent
+/// credential. The secret itself is never stored, only its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    /// Public id, the middle part of the token string.
+    pub token_id: String,
+    /// Name shown in the audit log: chosen by the admin for API tokens,
+    /// `enroll:<peer or *>` for enrollment tokens and `agent:<peer>` for
+    /// agent credentials. No two tokens that are not revoked share a name.
+    pub name: String,
+    pub kind: TokenKind,
+    /// Level of an API token; `None` for the other kinds.
+    pub scope: Option<Scope>,
+    /// The peer an agent credential belongs to, or the only peer an
+    /// enrollment token may enroll (`None`: any peer).
+    pub peer_id: Option<String>,
+    /// Hex SHA-256 of the token's secret part.
+    pub secret_hash: String,
+    pub created_at: SystemTime,
+    pub expires_at: Option<SystemTime>,
+    /// When the token was revoked, or when an enrollment token was used.
+    pub revoked_at: Option<SystemTime>,
+}
+
+/// Why [`Storage::enroll`] did not enroll a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    /// The enrollment token is unknown, or was already used or revoked.
+    TokenUsed,
+    /// The peer already has a credential that is not revoked.
+    PeerEnrolled,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// Increasing id assigned by the store; ignored on insert.
+    pub id: i64,
+    pub time: SystemTime,
+    /// What happened, such as `task.create` or `auth.denied`.
+    pub action: String,
+    /// `ok`, or the error code the caller got.
+    pub outcome: String,
+    /// Name of the token used; empty when authentication is off or no
+    /// valid token was presented.
+    pub token: String,
+    /// The `creater` the request named, if any.
+    pub creater: String,
+    /// The caller's IP address and port.
+    pub source: String,
+    /// What the action was on: a task id, script name, token name or peer
+    /// id.
+    pub target: String,
+    /// The request with secret values replaced; `null` when there is none.
+    pub request: serde_json::Value,
+}
+
+/// Which audit entries to list, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only entries with an id above this one.
+    pub after_id: i64,
+    pub action: Option<String>,
+    pub token: Option<String>,
+    pub limit: usize,
+}
+
 /// A failure of the storage backend itself (not a missing record).
 #[derive(Debug, thiserror::Error)]
 #[error("storage failed to {operation}: {message}")]
@@ -135,4 +204,39 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Lists known peers by id.
     async fn peers(&self) -> Result<Vec<PeerRecord>, StorageError>;
+
+    /// Stores a new token. Returns false, storing nothing, when a token
+    /// with the same name exists and is not revoked.
+    async fn insert_token(&self, token: TokenRecord) -> Result<bool, StorageError>;
+
+    async fn token(&self, token_id: &str) -> Result<Option<TokenRecord>, StorageError>;
+
+    /// Lists every token, revoked ones included, by creation time.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError>;
+
+    /// Revokes the token of this name that is not revoked yet, and returns
+    /// it as it is now, or `None` when there is none.
+    async fn revoke_token(
+        &self,
+        name: &str,
+        at: SystemTime,
+    ) -> Result<Option<TokenRecord>, StorageError>;
+
+    /// In one step: marks the enrollment token used, checks that `peer_id`
+    /// has no credential that is not revoked, and stores `credential`.
+    /// Expiry and the token's peer restriction are checked by the caller.
+    async fn enroll(
+        &self,
+        enrollment_id: &str,
+        credential: TokenRecord,
+        at: SystemTime,
+    ) -> Result<Result<(), EnrollRefusal>, StorageError>;
+
+    /// Appends an entry to the audit log and returns its id.
+    async fn insert_audit(&self, record: AuditRecord) -> Result<i64, StorageError>;
+
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError>;
+
+    /// Deletes audit entries older than `before` and returns how many.
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StorageError>;
 }

@@ -14,6 +14,7 @@
 //! enforces it: the coordinator checks requests at submit time, and the agent
 //! checks again what only the peer can know (users, paths, scripts).
 
+pub mod access;
 pub mod api;
 pub mod interpreter;
 pub mod link;

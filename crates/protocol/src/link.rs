@@ -67,7 +67,14 @@ pub enum AgentMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CoordinatorMessage {
     /// The coordinator accepted the agent's `Hello`.
-    Welcome { coordinator_version: String },
+    Welcome {
+        coordinator_version: String,
+        /// The agent's new credential, sent once when the agent enrolled
+        /// with a one-time enrollment token on this connection. The agent
+        /// must keep it and present it on every later connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
+    },
     /// Run this job.
     RunJob { job: JobRequest },
     /// The coordinator stored the result of this job, so the agent may

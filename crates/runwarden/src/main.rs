@@ -3,6 +3,7 @@
 
 mod dev;
 mod plugin_test;
+mod token;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ enum Command {
     /// Work with WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Manage API tokens and agent enrollment tokens in the coordinator's
+    /// database.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 #[derive(Subcommand)]
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
             Command::Agent { config } => run_agent(config).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Plugin(PluginCommand::Test(args)) => plugin_test::run(args).await,
+            Command::Token(command) => token::run(command).await,
         }
     });
 
@@ -131,20 +137,10 @@ async fn run_coordinator(config: Option<PathBuf>) -> Result<(), Failure> {
         Some(path) => CoordinatorConfig::from_file(&path).map_err(Failure::Config)?,
         None => CoordinatorConfig::default(),
     };
-    warn_if_not_loopback(&config);
-
     let storage = open_storage(&config)?;
     let coordinator = RunningCoordinator::start(config, storage).await?;
     coordinator.run_until(shutdown_signal()).await?;
     Ok(())
-}
-
-fn warn_if_not_loopback(config: &CoordinatorConfig) {
-    if !config.listen.ip().is_loopback() {
-        // TODO: refuse non-loopback addresses until API authentication
-        // exists; until then anyone who reaches the port can run commands.
-        tracing::warn!(listen = %config.listen, "the REST API has no authentication yet and listens beyond loopback; anyone who reaches this address can run commands on every peer");
-    }
 }
 
 async fn run_agent(config: Option<PathBuf>) -> Result<(), Failure> {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use runwarden_protocol::api::{
     CancelItem, CancelReply, CancelRequest, CancelResponse, CancelResult, Envelope, PeerTaskInfo,
     PeerTaskInfoRequest, ResCmd, ScriptRequest, TaskCreated, TaskInfo, TaskInfoRequest,
@@ -12,22 +12,21 @@ use runwarden_protocol::link::{AgentMessage, CoordinatorMessage};
 use runwarden_protocol::status::{JobStatus, Outcome};
 use tracing::{info, warn};
 
+use crate::auth::Caller;
 use crate::body::JsonBody;
 use crate::error::{ApiError, Invalid};
 use crate::peers::CallError;
 use crate::state::AppState;
-use crate::storage::JobUpdate;
+use crate::storage::{AuditRecord, JobUpdate};
 use crate::tasks::{apply_job_update, create_task, task_info as build_task_info, wait_for_task};
 use crate::validate::{validate_cancel_request, validate_script_request};
 
 pub async fn script_async(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<ScriptRequest>,
 ) -> Result<Json<Envelope<TaskCreated>>, ApiError> {
-    refuse_when_shutting_down(&state)?;
-    let timeout_secs = validate_script_request(&request, &state.config)?;
-
-    let task = create_task(&state, request, timeout_secs).await?;
+    let (task, _) = create_audited_task(&state, &caller, request).await?;
 
     Ok(Json(Envelope::ok(TaskCreated {
         taskid: task.task_id,
@@ -36,16 +35,46 @@ pub async fn script_async(
 
 pub async fn script_sync(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<ScriptRequest>,
 ) -> Result<Json<Envelope<TaskInfo>>, ApiError> {
-    refuse_when_shutting_down(&state)?;
-    let timeout_secs = validate_script_request(&request, &state.config)?;
-
-    let task = create_task(&state, request, timeout_secs).await?;
+    let (task, timeout_secs) = create_audited_task(&state, &caller, request).await?;
 
     let limit = Duration::from_secs(u64::from(timeout_secs) + state.config.sync_grace_secs);
     let info = wait_for_task(&state, &task.task_id, limit).await?;
     Ok(Json(Envelope::ok(info)))
+}
+
+/// Validates and creates a task, and writes a `task.create` audit entry
+/// whether or not that worked. Returns the task and its timeout in seconds.
+async fn create_audited_task(
+    state: &AppState,
+    caller: &Caller,
+    request: ScriptRequest,
+) -> Result<(crate::storage::TaskRecord, u32), ApiError> {
+    let entry = AuditRecord::new(caller, "task.create")
+        .creater(request.creater.clone())
+        .request(audit_view(&request));
+
+    let created = async {
+        refuse_when_shutting_down(state)?;
+        let timeout_secs = validate_script_request(&request, &state.config)?;
+        let task = create_task(state, request, timeout_secs).await?;
+        Ok((task, timeout_secs))
+    }
+    .await;
+
+    let entry = match &created {
+        Ok((task, _)) => entry.target(task.task_id.clone()),
+        Err(_) => entry.outcome_of(&created),
+    };
+    crate::audit::record(state.storage.as_ref(), entry).await;
+    created
+}
+
+/// The request as the audit log keeps it.
+fn audit_view(request: &ScriptRequest) -> serde_json::Value {
+    serde_json::to_value(request).unwrap_or(serde_json::Value::Null)
 }
 
 pub async fn task_info(
@@ -150,17 +179,31 @@ pub async fn peer_task_info(
 
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<CancelRequest>,
 ) -> Result<Json<Envelope<CancelResponse>>, ApiError> {
-    validate_cancel_request(&request)?;
-
-    let replies = request
+    let job_ids: Vec<&str> = request
         .tasks
-        .into_iter()
-        .map(|item| cancel_job(&state, item));
-    let list = futures_util::future::try_join_all(replies).await?;
+        .iter()
+        .map(|item| item.jobid.as_str())
+        .collect();
+    let entry = AuditRecord::new(&caller, "task.cancel")
+        .target(job_ids.join(","))
+        .request(serde_json::to_value(&request).unwrap_or_default());
 
-    Ok(Json(Envelope::ok(CancelResponse { list })))
+    let canceled = async {
+        validate_cancel_request(&request)?;
+        let replies = request
+            .tasks
+            .iter()
+            .cloned()
+            .map(|item| cancel_job(&state, item));
+        futures_util::future::try_join_all(replies).await
+    }
+    .await;
+
+    crate::audit::record(state.storage.as_ref(), entry.outcome_of(&canceled)).await;
+    Ok(Json(Envelope::ok(CancelResponse { list: canceled? })))
 }
 
 async fn cancel_job(state: &AppState, item: CancelItem) -> Result<CancelReply, ApiError> {

@@ -3,14 +3,16 @@
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use runwarden_protocol::api::{Envelope, ScriptList, ScriptUpload, StoredScript, StoredScriptInfo};
 use sha2::{Digest as _, Sha256};
 use tracing::info;
 
+use crate::auth::Caller;
 use crate::body::JsonBody;
 use crate::error::{ApiError, Invalid};
 use crate::state::AppState;
+use crate::storage::AuditRecord;
 use crate::validate::validate_script_name;
 
 /// Longest script name accepted, in bytes; most file systems allow 255 per
@@ -19,8 +21,28 @@ const MAX_SCRIPT_NAME_BYTES: usize = 255;
 
 pub async fn upload_script(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(upload): JsonBody<ScriptUpload>,
 ) -> Result<Json<Envelope<StoredScriptInfo>>, ApiError> {
+    // The audit log keeps the script's size and hash, not its text, which
+    // the script store already holds.
+    let entry = AuditRecord::new(&caller, "script.upload")
+        .target(upload.name.clone())
+        .request(serde_json::json!({
+            "name": upload.name,
+            "size": upload.content.len(),
+            "sha256": hex::encode(Sha256::digest(upload.content.as_bytes())),
+        }));
+
+    let stored = store_upload(&state, upload).await;
+    crate::audit::record(state.storage.as_ref(), entry.outcome_of(&stored)).await;
+    Ok(Json(Envelope::ok(stored?)))
+}
+
+async fn store_upload(
+    state: &AppState,
+    upload: ScriptUpload,
+) -> Result<StoredScriptInfo, ApiError> {
     validate_upload(&upload, state.config.max_script_bytes)?;
 
     let info = StoredScriptInfo {
@@ -36,7 +58,7 @@ pub async fn upload_script(
     state.storage.put_script(script).await?;
 
     info!(script = %info.name, sha256 = %info.sha256, size = info.size, "script stored");
-    Ok(Json(Envelope::ok(info)))
+    Ok(info)
 }
 
 fn validate_upload(upload: &ScriptUpload, max_bytes: usize) -> Result<(), ApiError> {
@@ -87,11 +109,17 @@ pub async fn fetch_script(
 
 pub async fn delete_script(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<serde_json::Value>>, ApiError> {
-    if !state.storage.delete_script(&name).await? {
-        return Err(ApiError::ScriptNotFound { name });
-    }
+    let entry = AuditRecord::new(&caller, "script.delete").target(name.clone());
+    let deleted = match state.storage.delete_script(&name).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::ScriptNotFound { name: name.clone() }),
+        Err(error) => Err(error.into()),
+    };
+    crate::audit::record(state.storage.as_ref(), entry.outcome_of(&deleted)).await;
+    deleted?;
 
     info!(script = %name, "script deleted");
     Ok(Json(Envelope::ok(

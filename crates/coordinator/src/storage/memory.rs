@@ -8,7 +8,11 @@ use async_trait::async_trait;
 use runwarden_protocol::api::{StoredScript, StoredScriptInfo};
 use runwarden_protocol::status::JobStatus;
 
-use super::{JobRecord, JobUpdate, PeerRecord, Storage, StorageError, TaskRecord};
+use super::{
+    AuditQuery, AuditRecord, EnrollRefusal, JobRecord, JobUpdate, PeerRecord, Storage,
+    StorageError, TaskRecord, TokenRecord,
+};
+use crate::auth::token::TokenKind;
 
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
@@ -22,6 +26,10 @@ struct Inner {
     job_index: HashMap<String, (String, usize)>,
     scripts: BTreeMap<String, StoredScript>,
     peers: BTreeMap<String, PeerRecord>,
+    /// Tokens in creation order.
+    tokens: Vec<TokenRecord>,
+    /// Audit entries in id order.
+    audit: Vec<AuditRecord>,
 }
 
 impl MemoryStorage {
@@ -39,6 +47,12 @@ impl MemoryStorage {
 }
 
 impl Inner {
+    fn active_token_named(&self, name: &str) -> Option<usize> {
+        self.tokens
+            .iter()
+            .position(|token| token.name == name && token.revoked_at.is_none())
+    }
+
     fn job_mut(&mut self, job_id: &str) -> Option<&mut JobRecord> {
         let (task_id, index) = self.job_index.get(job_id)?;
         self.tasks.get_mut(task_id)?.jobs.get_mut(*index)
@@ -165,6 +179,102 @@ impl Storage for MemoryStorage {
 
     async fn peers(&self) -> Result<Vec<PeerRecord>, StorageError> {
         Ok(self.lock().peers.values().cloned().collect())
+    }
+
+    async fn insert_token(&self, token: TokenRecord) -> Result<bool, StorageError> {
+        let mut inner = self.lock();
+        if inner.active_token_named(&token.name).is_some() {
+            return Ok(false);
+        }
+        inner.tokens.push(token);
+        Ok(true)
+    }
+
+    async fn token(&self, token_id: &str) -> Result<Option<TokenRecord>, StorageError> {
+        let inner = self.lock();
+        Ok(inner
+            .tokens
+            .iter()
+            .find(|token| token.token_id == token_id)
+            .cloned())
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        Ok(self.lock().tokens.clone())
+    }
+
+    async fn revoke_token(
+        &self,
+        name: &str,
+        at: SystemTime,
+    ) -> Result<Option<TokenRecord>, StorageError> {
+        let mut inner = self.lock();
+        let Some(index) = inner.active_token_named(name) else {
+            return Ok(None);
+        };
+        inner.tokens[index].revoked_at = Some(at);
+        Ok(Some(inner.tokens[index].clone()))
+    }
+
+    async fn enroll(
+        &self,
+        enrollment_id: &str,
+        credential: TokenRecord,
+        at: SystemTime,
+    ) -> Result<Result<(), EnrollRefusal>, StorageError> {
+        let mut inner = self.lock();
+        let Some(enrollment) = inner.tokens.iter().position(|token| {
+            token.token_id == enrollment_id
+                && token.kind == TokenKind::Enrollment
+                && token.revoked_at.is_none()
+        }) else {
+            return Ok(Err(EnrollRefusal::TokenUsed));
+        };
+        if inner.active_token_named(&credential.name).is_some() {
+            return Ok(Err(EnrollRefusal::PeerEnrolled));
+        }
+
+        inner.tokens[enrollment].revoked_at = Some(at);
+        inner.tokens.push(credential);
+        Ok(Ok(()))
+    }
+
+    async fn insert_audit(&self, mut record: AuditRecord) -> Result<i64, StorageError> {
+        let mut inner = self.lock();
+        record.id = inner.audit.last().map_or(1, |last| last.id + 1);
+        let id = record.id;
+        inner.audit.push(record);
+        Ok(id)
+    }
+
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        let inner = self.lock();
+        Ok(inner
+            .audit
+            .iter()
+            .filter(|record| record.id > query.after_id)
+            .filter(|record| {
+                query
+                    .action
+                    .as_ref()
+                    .is_none_or(|action| &record.action == action)
+            })
+            .filter(|record| {
+                query
+                    .token
+                    .as_ref()
+                    .is_none_or(|token| &record.token == token)
+            })
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StorageError> {
+        let mut inner = self.lock();
+        let count = inner.audit.len();
+        inner.audit.retain(|record| record.time >= before);
+        Ok((count - inner.audit.len()) as u64)
     }
 }
 

@@ -18,11 +18,17 @@ use runwarden_protocol::api::{ScriptContent, StoredScript, StoredScriptInfo};
 use runwarden_protocol::status::JobStatus;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::{JobRecord, JobUpdate, PeerRecord, Storage, StorageError, TaskRecord};
+use super::{
+    AuditQuery, AuditRecord, EnrollRefusal, JobRecord, JobUpdate, PeerRecord, Storage,
+    StorageError, TaskRecord, TokenRecord,
+};
+
+mod security;
 
 /// Schema version this code writes; a database with another version is
-/// refused instead of being misread.
-const SCHEMA_VERSION: i64 = 1;
+/// refused instead of being misread. Version 2 added the tokens and audit
+/// tables; a version 1 database gets them when opened.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -94,7 +100,7 @@ impl SqliteStorage {
         let version: i64 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(failed)?;
-        if version != 0 && version != SCHEMA_VERSION {
+        if version != 0 && version != 1 && version != SCHEMA_VERSION {
             return Err(StorageError {
                 operation: "open the database",
                 message: format!(
@@ -104,6 +110,7 @@ impl SqliteStorage {
             });
         }
         connection.execute_batch(SCHEMA).map_err(failed)?;
+        connection.execute_batch(security::SCHEMA).map_err(failed)?;
         connection
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(failed)?;
@@ -510,6 +517,72 @@ impl Storage for SqliteStorage {
         })
         .await
     }
+
+    async fn insert_token(&self, token: TokenRecord) -> Result<bool, StorageError> {
+        self.with_connection("store a token", move |connection| {
+            security::insert_token(connection, &token)
+        })
+        .await
+    }
+
+    async fn token(&self, token_id: &str) -> Result<Option<TokenRecord>, StorageError> {
+        let token_id = token_id.to_owned();
+        self.with_connection("read a token", move |connection| {
+            security::token(connection, &token_id)
+        })
+        .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        self.with_connection("list tokens", |connection| security::tokens(connection))
+            .await
+    }
+
+    async fn revoke_token(
+        &self,
+        name: &str,
+        at: SystemTime,
+    ) -> Result<Option<TokenRecord>, StorageError> {
+        let name = name.to_owned();
+        self.with_connection("revoke a token", move |connection| {
+            security::revoke_token(connection, &name, at)
+        })
+        .await
+    }
+
+    async fn enroll(
+        &self,
+        enrollment_id: &str,
+        credential: TokenRecord,
+        at: SystemTime,
+    ) -> Result<Result<(), EnrollRefusal>, StorageError> {
+        let enrollment_id = enrollment_id.to_owned();
+        self.with_connection("enroll a peer", move |connection| {
+            security::enroll(connection, &enrollment_id, &credential, at)
+        })
+        .await
+    }
+
+    async fn insert_audit(&self, record: AuditRecord) -> Result<i64, StorageError> {
+        self.with_connection("append to the audit log", move |connection| {
+            security::insert_audit(connection, &record)
+        })
+        .await
+    }
+
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        self.with_connection("read the audit log", move |connection| {
+            security::audit(connection, &query)
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StorageError> {
+        self.with_connection("prune the audit log", move |connection| {
+            security::prune_audit(connection, before)
+        })
+        .await
+    }
 }
 
 fn peer_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRecord> {
@@ -526,6 +599,7 @@ mod tests {
     use runwarden_protocol::status::Outcome;
 
     use super::*;
+    use crate::auth::token::{Scope, TokenKind};
     use crate::storage::memory::MemoryStorage;
 
     fn task(task_id: &str, created_at: SystemTime) -> TaskRecord {
@@ -631,12 +705,171 @@ mod tests {
         assert!(storage.task("new-done").await.unwrap().is_some());
     }
 
+    fn token_record(token_id: &str, name: &str, kind: TokenKind) -> TokenRecord {
+        TokenRecord {
+            token_id: token_id.into(),
+            name: name.into(),
+            kind,
+            scope: (kind == TokenKind::Api).then_some(Scope::Run),
+            peer_id: (kind == TokenKind::Agent).then(|| "p1".to_owned()),
+            secret_hash: "00".repeat(32),
+            created_at: UNIX_EPOCH + Duration::from_secs(1_000),
+            expires_at: None,
+            revoked_at: None,
+        }
+    }
+
+    async fn check_tokens(storage: &dyn Storage) {
+        let now = SystemTime::now();
+        assert!(
+            storage
+                .insert_token(token_record("a1", "ops", TokenKind::Api))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !storage
+                .insert_token(token_record("a2", "ops", TokenKind::Api))
+                .await
+                .unwrap(),
+            "two active tokens share a name"
+        );
+        assert_eq!(
+            storage.token("a1").await.unwrap().unwrap(),
+            token_record("a1", "ops", TokenKind::Api)
+        );
+
+        let revoked = storage.revoke_token("ops", now).await.unwrap().unwrap();
+        assert_eq!(revoked.token_id, "a1");
+        assert!(
+            storage
+                .token("a1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+        assert!(storage.revoke_token("ops", now).await.unwrap().is_none());
+        assert!(
+            storage
+                .insert_token(token_record("a3", "ops", TokenKind::Api))
+                .await
+                .unwrap(),
+            "a revoked token's name cannot be reused"
+        );
+
+        storage
+            .insert_token(token_record("e1", "enroll:p1:e1", TokenKind::Enrollment))
+            .await
+            .unwrap();
+        storage
+            .insert_token(token_record("e2", "enroll:p1:e2", TokenKind::Enrollment))
+            .await
+            .unwrap();
+        let credential = token_record("c1", "agent:p1", TokenKind::Agent);
+        assert_eq!(
+            storage.enroll("e1", credential.clone(), now).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            storage
+                .enroll("e1", token_record("c2", "agent:p9", TokenKind::Agent), now)
+                .await
+                .unwrap(),
+            Err(EnrollRefusal::TokenUsed)
+        );
+        assert_eq!(
+            storage
+                .enroll("e2", token_record("c3", "agent:p1", TokenKind::Agent), now)
+                .await
+                .unwrap(),
+            Err(EnrollRefusal::PeerEnrolled)
+        );
+        assert!(
+            storage
+                .token("e2")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none(),
+            "a refused enrollment used up its token"
+        );
+        assert_eq!(storage.tokens().await.unwrap().len(), 5);
+    }
+
+    async fn check_audit(storage: &dyn Storage) {
+        let entry = |action: &str, token: &str, age_secs: u64| AuditRecord {
+            id: 0,
+            time: SystemTime::now() - Duration::from_secs(age_secs),
+            action: action.into(),
+            outcome: "ok".into(),
+            token: token.into(),
+            creater: "alice".into(),
+            source: "127.0.0.1:1".into(),
+            target: "t".into(),
+            request: serde_json::json!({ "k": [1, 2] }),
+        };
+        let first = storage
+            .insert_audit(entry("task.create", "a", 100))
+            .await
+            .unwrap();
+        let second = storage
+            .insert_audit(entry("task.cancel", "b", 0))
+            .await
+            .unwrap();
+        storage
+            .insert_audit(entry("task.create", "b", 0))
+            .await
+            .unwrap();
+        assert!(second > first);
+
+        let all = storage
+            .audit(AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].request, serde_json::json!({ "k": [1, 2] }));
+        let filtered = storage
+            .audit(AuditQuery {
+                action: Some("task.create".into()),
+                token: Some("b".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(filtered.len(), 1);
+        let after = storage
+            .audit(AuditQuery {
+                after_id: first,
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].id, second);
+
+        let pruned = storage
+            .prune_audit(SystemTime::now() - Duration::from_secs(50))
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1);
+    }
+
     #[tokio::test]
     async fn sqlite_keeps_the_contract() {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(&dir.path().join("db")).unwrap();
         check_contract(&storage).await;
         check_prune(&storage).await;
+        check_tokens(&storage).await;
+        check_audit(&storage).await;
     }
 
     #[tokio::test]
@@ -644,6 +877,23 @@ mod tests {
         let storage = MemoryStorage::new();
         check_contract(&storage).await;
         check_prune(&storage).await;
+        check_tokens(&storage).await;
+        check_audit(&storage).await;
+    }
+
+    #[tokio::test]
+    async fn version_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(SCHEMA).unwrap();
+            connection.pragma_update(None, "user_version", 1).unwrap();
+        }
+
+        let storage = SqliteStorage::open(&path).unwrap();
+
+        check_tokens(&storage).await;
     }
 
     #[tokio::test]

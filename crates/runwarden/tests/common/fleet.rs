@@ -338,6 +338,9 @@ impl AgentProcess {
 pub struct Api {
     pub base_url: String,
     client: reqwest::Client,
+    /// Bearer token sent with every call, for coordinators with
+    /// authentication on.
+    token: Option<String>,
 }
 
 impl Api {
@@ -350,6 +353,20 @@ impl Api {
         Api {
             base_url: base_url.to_owned(),
             client,
+            token: None,
+        }
+    }
+
+    /// Returns this client sending `token` as its bearer token.
+    pub fn with_token(mut self, token: &str) -> Api {
+        self.token = Some(token.trim().to_owned());
+        self
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
     }
 
@@ -357,8 +374,7 @@ impl Api {
     /// transport error (such as a refused connection).
     pub async fn try_post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
         let response = self
-            .client
-            .post(format!("{}{path}", self.base_url))
+            .authorized(self.client.post(format!("{}{path}", self.base_url)))
             .json(body)
             .send()
             .await
@@ -438,8 +454,7 @@ impl Api {
     /// Returns whether `GET /peers` lists `peer_id` as online.
     pub async fn is_online(&self, peer_id: &str) -> bool {
         let Ok(response) = self
-            .client
-            .get(format!("{}/peers", self.base_url))
+            .authorized(self.client.get(format!("{}/peers", self.base_url)))
             .send()
             .await
         else {

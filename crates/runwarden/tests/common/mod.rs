@@ -13,6 +13,7 @@
 )]
 
 pub mod fleet;
+pub mod secure;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

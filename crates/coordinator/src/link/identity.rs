@@ -1,0 +1,224 @@
+//! Agent identity on the link. The bearer token of a new connection is
+//! checked before the WebSocket upgrade, and the peer id of its `Hello`
+//! against that token after it.
+
+use std::time::SystemTime;
+
+use axum::http::{HeaderMap, header};
+use tracing::{info, warn};
+
+use crate::auth::token::{self, TokenKind};
+use crate::auth::{self, Caller, VerifyError, verify_token};
+use crate::error::{AccessError, ApiError};
+use crate::state::AppState;
+use crate::storage::{AuditRecord, EnrollRefusal, TokenRecord};
+
+/// The peer ids an agent connection may use, as its token allows.
+#[derive(Debug, Clone)]
+pub enum LinkIdentity {
+    /// Authentication is off: any peer id is taken as given.
+    Open,
+    /// An agent credential; the connection may only be this peer.
+    Agent { peer_id: String },
+    /// A one-time enrollment token, to be exchanged for a credential once
+    /// the `Hello` names the peer.
+    Enrollment {
+        token_id: String,
+        /// The only peer id the token may enroll, if it names one.
+        peer_id: Option<String>,
+    },
+}
+
+/// Checks the bearer token of an agent connection before the upgrade.
+///
+/// # Errors
+///
+/// Returns the error response for a missing, invalid, expired or revoked
+/// token, or for an API token, which does not open agent links.
+pub async fn authenticate_link(
+    state: &AppState,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<LinkIdentity, ApiError> {
+    if !state.config.auth.enabled {
+        return Ok(LinkIdentity::Open);
+    }
+
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(presented) = presented else {
+        deny(
+            state,
+            caller,
+            "",
+            &ApiError::from(AccessError::MissingToken),
+        )
+        .await;
+        return Err(AccessError::MissingToken.into());
+    };
+
+    let kinds = [TokenKind::Agent, TokenKind::Enrollment];
+    match verify_token(state.storage.as_ref(), presented, &kinds).await {
+        Ok(record) => Ok(identity_of(record)),
+        Err(VerifyError::Unknown(error)) => {
+            let error = ApiError::from(error);
+            deny(state, caller, "", &error).await;
+            Err(error)
+        }
+        Err(VerifyError::Known { error, token }) => {
+            let error = ApiError::from(error);
+            deny(state, caller, &token, &error).await;
+            Err(error)
+        }
+        Err(VerifyError::Storage(error)) => Err(error.into()),
+    }
+}
+
+fn identity_of(record: TokenRecord) -> LinkIdentity {
+    match record.kind {
+        TokenKind::Enrollment => LinkIdentity::Enrollment {
+            token_id: record.token_id,
+            peer_id: record.peer_id,
+        },
+        // verify_token only passes agent and enrollment tokens; a
+        // credential without a peer (never written) matches no peer id.
+        _ => LinkIdentity::Agent {
+            peer_id: record.peer_id.unwrap_or_default(),
+        },
+    }
+}
+
+/// Checks the peer id of the `Hello` against the connection's identity,
+/// enrolling the peer when the identity is an enrollment token.
+///
+/// Returns the new credential to send in `Welcome` (only on enrollment), or
+/// the reason to close the connection with. Reasons stay under the 123
+/// bytes a WebSocket close frame allows.
+pub async fn admit_peer(
+    state: &AppState,
+    identity: LinkIdentity,
+    peer_id: &str,
+    caller: &Caller,
+) -> Result<Option<String>, String> {
+    match identity {
+        LinkIdentity::Open => Ok(None),
+        LinkIdentity::Agent { peer_id: bound } if bound == peer_id => Ok(None),
+        LinkIdentity::Agent { peer_id: bound } => {
+            warn!(peer_id, credential_peer_id = %bound, "agent rejected: its credential belongs to another peer");
+            let entry = AuditRecord::new(caller, "agent.denied")
+                .token(auth::agent_credential_name(&bound))
+                .target(peer_id)
+                .outcome("credential_for_other_peer");
+            crate::audit::record(state.storage.as_ref(), entry).await;
+            Err(format!(
+                "this credential belongs to peer `{bound}`; use peer_id `{bound}` or enroll this peer"
+            ))
+        }
+        LinkIdentity::Enrollment {
+            token_id,
+            peer_id: restricted,
+        } => enroll(state, &token_id, restricted.as_deref(), peer_id, caller).await,
+    }
+}
+
+async fn enroll(
+    state: &AppState,
+    enrollment_id: &str,
+    restricted: Option<&str>,
+    peer_id: &str,
+    caller: &Caller,
+) -> Result<Option<String>, String> {
+    let entry = AuditRecord::new(caller, "agent.enroll")
+        .token(format!(
+            "enroll:{}:{enrollment_id}",
+            restricted.unwrap_or("*")
+        ))
+        .target(peer_id);
+
+    if let Some(only) = restricted
+        && only != peer_id
+    {
+        warn!(
+            peer_id,
+            enrollment_peer_id = only,
+            "agent rejected: enrollment token is for another peer"
+        );
+        crate::audit::record(
+            state.storage.as_ref(),
+            entry.outcome("enrollment_for_other_peer"),
+        )
+        .await;
+        return Err(format!(
+            "this enrollment token is for peer `{only}`; set peer_id to it or get a token for this peer"
+        ));
+    }
+
+    let issued = match token::issue(TokenKind::Agent) {
+        Ok(issued) => issued,
+        Err(error) => {
+            warn!(%error, "failed to read random bytes for an agent credential");
+            return Err("coordinator failed to make a credential; retry later".to_owned());
+        }
+    };
+    let now = SystemTime::now();
+    let credential = TokenRecord {
+        token_id: issued.token_id.clone(),
+        name: auth::agent_credential_name(peer_id),
+        kind: TokenKind::Agent,
+        scope: None,
+        peer_id: Some(peer_id.to_owned()),
+        secret_hash: issued.secret_hash.clone(),
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+    };
+
+    let refusal = match state.storage.enroll(enrollment_id, credential, now).await {
+        Ok(Ok(())) => {
+            info!(peer_id, "agent enrolled");
+            crate::audit::record(state.storage.as_ref(), entry).await;
+            return Ok(Some(issued.token));
+        }
+        Ok(Err(refusal)) => refusal,
+        Err(error) => {
+            warn!(%error, peer_id, "failed to store an agent credential");
+            return Err("coordinator failed to store the credential; retry later".to_owned());
+        }
+    };
+
+    let (outcome, reason) = match refusal {
+        EnrollRefusal::TokenUsed => (
+            "enrollment_used",
+            "this enrollment token was already used; ask an admin for a new one".to_owned(),
+        ),
+        EnrollRefusal::PeerEnrolled => (
+            "peer_already_enrolled",
+            format!(
+                "peer `{peer_id}` is already enrolled; revoke it first with POST /peers/{{peerId}}/revoke"
+            ),
+        ),
+    };
+    warn!(peer_id, outcome, "agent enrollment rejected");
+    crate::audit::record(state.storage.as_ref(), entry.outcome(outcome)).await;
+    Err(reason)
+}
+
+async fn deny(state: &AppState, caller: &Caller, token: &str, error: &ApiError) {
+    let source_ip = caller
+        .source
+        .rsplit_once(':')
+        .map_or(caller.source.as_str(), |(ip, _)| ip);
+    if !state.auth.denial_storable(source_ip) {
+        warn!(source = %caller.source, code = error.code(), "agent link denied; more denials from this source this minute are only logged");
+        return;
+    }
+    let entry = AuditRecord::new(caller, "agent.denied")
+        .token(token)
+        .target(runwarden_protocol::link::AGENT_LINK_PATH)
+        .outcome(error.code().to_string());
+    crate::audit::record(state.storage.as_ref(), entry).await;
+}
