@@ -13,6 +13,7 @@
 //!   working directory, execWay).
 //! - [`process`]: running one process tree to its end.
 //! - [`sys`]: the Linux-specific parts: credentials, signals, cgroups.
+//! - [`tls`]: how the agent checks the coordinator's TLS certificate.
 //!
 //! Start one with [`RunningAgent::start`].
 
@@ -24,6 +25,7 @@ pub mod output;
 pub mod prepare;
 pub mod process;
 pub mod sys;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,12 +64,14 @@ impl RunningAgent {
     ///
     /// # Errors
     ///
-    /// Fails when the configuration is invalid or the data folder cannot be
+    /// Fails when the configuration is invalid, a TLS option cannot be used
+    /// (a [`tls::TlsSetupError`] in the chain), or the data folder cannot be
     /// created.
     pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         config.validate().context("invalid agent config")?;
         let peer_id = config.resolved_peer_id()?;
         let url = config.link_url()?;
+        let tls = tls::LinkTls::from_config(&config)?;
 
         let cache_dir = config.data_dir.join("script-cache");
         std::fs::create_dir_all(&cache_dir).with_context(|| {
@@ -128,6 +132,7 @@ impl RunningAgent {
         let link = Link {
             silence_limit: Duration::from_secs(config.coordinator_silence_secs),
             url,
+            tls,
             peer_id: peer_id.clone(),
             jobs: Arc::clone(&jobs),
             fetcher,

@@ -19,12 +19,14 @@ use crate::state::{AppState, TaskEvents};
 use crate::storage::Storage;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::sqlite::SqliteStorage;
+use crate::tls::TlsListener;
 
 /// A coordinator serving on its socket.
 pub struct RunningCoordinator {
     /// The bound address; its port is the real one when the config asked
     /// for port 0.
     pub local_addr: SocketAddr,
+    is_tls: bool,
     state: AppState,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
@@ -35,13 +37,19 @@ impl RunningCoordinator {
     ///
     /// # Errors
     ///
-    /// Fails when the configuration is invalid or the address cannot be
-    /// bound.
+    /// Fails when the configuration is invalid, the `[tls]` certificate or
+    /// key cannot be used (a [`crate::tls::TlsSetupError`] in the chain), or
+    /// the address cannot be bound.
     pub async fn start(
         config: CoordinatorConfig,
         storage: Arc<dyn Storage>,
     ) -> anyhow::Result<RunningCoordinator> {
         config.validate().context("invalid coordinator config")?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::load_server_config)
+            .transpose()?;
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -69,27 +77,48 @@ impl RunningCoordinator {
 
         tokio::spawn(crate::reaper::run(state.clone()));
 
-        // Job results and cancels are small messages on long-lived agent
-        // sockets; Nagle's algorithm would hold each one back for tens of
-        // milliseconds.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "failed to set TCP_NODELAY");
+        let is_tls = tls.is_some();
+        let server = match tls {
+            Some(tls) => {
+                let listener = TlsListener::new(listener, local_addr, tls);
+                tokio::spawn(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                        .into_future(),
+                )
             }
-        });
-        let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
-        info!(%local_addr, "coordinator listening");
+            None => {
+                // Job results and cancels are small messages on long-lived
+                // agent sockets; Nagle's algorithm would hold each one back
+                // for tens of milliseconds.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::debug!(%error, "failed to set TCP_NODELAY");
+                    }
+                });
+                tokio::spawn(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                        .into_future(),
+                )
+            }
+        };
+        let scheme = if is_tls { "https" } else { "http" };
+        info!(%local_addr, url = %format!("{scheme}://{local_addr}"), "coordinator listening");
 
         Ok(RunningCoordinator {
             local_addr,
+            is_tls,
             state,
             shutdown,
             server,
         })
+    }
+
+    /// Returns true when the coordinator serves HTTPS and WSS (a `[tls]`
+    /// table is configured), false for plain HTTP.
+    pub fn is_tls(&self) -> bool {
+        self.is_tls
     }
 
     /// Returns true while an agent with this peer id is connected.
