@@ -13,10 +13,19 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// Base URL of the coordinator, `http://HOST:PORT` or `ws://HOST:PORT`;
-    /// the agent dials its agent link path. TLS (`https://`, `wss://`) is not
-    /// supported yet.
+    /// Base URL of the coordinator: `http://HOST:PORT` or `ws://HOST:PORT`
+    /// for plain TCP, `https://HOST:PORT` or `wss://HOST:PORT` for TLS. The
+    /// agent dials its agent link path.
     pub coordinator_url: String,
+    /// PEM file with the CA certificates that sign the coordinator's
+    /// certificate. The agent then trusts only these CAs, not the built-in
+    /// roots. Needs a TLS `coordinator_url`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the coordinator's certificate (its DER form):
+    /// 64 hex digits, colons allowed, any case. The agent then accepts only
+    /// that certificate, whatever its names, issuer and dates. Needs a TLS
+    /// `coordinator_url` and excludes `tls_ca_file`.
+    pub tls_fingerprint: Option<String>,
     /// This agent's peer id; empty means the machine's host name.
     pub peer_id: String,
     /// Folder that execWay 2 script names are resolved in. Names cannot
@@ -71,6 +80,8 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             coordinator_url: "http://127.0.0.1:7300".to_owned(),
+            tls_ca_file: None,
+            tls_fingerprint: None,
             peer_id: String::new(),
             scripts_dir: PathBuf::from("/var/lib/runwarden/scripts"),
             data_dir: PathBuf::from("/var/lib/runwarden/agent"),
@@ -112,7 +123,32 @@ impl AgentConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut problems = Vec::new();
 
-        if let Err(error) = self.link_url() {
+        match self.link_url() {
+            Ok(url) if !url.starts_with("wss://") => {
+                for (name, set) in [
+                    ("tls_ca_file", self.tls_ca_file.is_some()),
+                    ("tls_fingerprint", self.tls_fingerprint.is_some()),
+                ] {
+                    if set {
+                        problems.push(format!(
+                            "{name} is set, but coordinator_url `{}` does not use TLS; use an https:// or wss:// URL, or remove {name}",
+                            self.coordinator_url
+                        ));
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => problems.push(error.to_string()),
+        }
+        if self.tls_ca_file.is_some() && self.tls_fingerprint.is_some() {
+            problems.push(
+                "tls_ca_file and tls_fingerprint are both set; keep one, because tls_fingerprint pins the coordinator's certificate and ignores every CA"
+                    .to_owned(),
+            );
+        }
+        if let Some(fingerprint) = &self.tls_fingerprint
+            && let Err(error) = crate::tls::parse_fingerprint(fingerprint)
+        {
             problems.push(error.to_string());
         }
         if self.max_concurrent_jobs == 0 {
@@ -138,27 +174,24 @@ impl AgentConfig {
         }
     }
 
-    /// The WebSocket URL of the coordinator's agent link.
+    /// The WebSocket URL of the coordinator's agent link: `ws://` for an
+    /// `http://` or `ws://` base URL, `wss://` for `https://` or `wss://`.
     pub fn link_url(&self) -> anyhow::Result<String> {
         let base = self.coordinator_url.trim_end_matches('/');
-        // TODO: accept https:// and wss:// once the agent link supports TLS.
-        let rest = if let Some(rest) = base.strip_prefix("http://") {
+        let url = if let Some(rest) = base.strip_prefix("http://") {
             format!("ws://{rest}")
-        } else if base.starts_with("ws://") {
+        } else if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if base.starts_with("ws://") || base.starts_with("wss://") {
             base.to_owned()
-        } else if base.starts_with("https://") || base.starts_with("wss://") {
-            anyhow::bail!(
-                "coordinator_url `{}` asks for TLS, which the agent does not support yet; use http:// on a trusted network",
-                self.coordinator_url
-            );
         } else {
             anyhow::bail!(
-                "coordinator_url `{}` does not start with http:// or ws://; write it like http://127.0.0.1:7300",
+                "coordinator_url `{}` does not start with http://, https://, ws:// or wss://; write it like http://127.0.0.1:7300",
                 self.coordinator_url
             );
         };
         Ok(format!(
-            "{rest}{}",
+            "{url}{}",
             runwarden_protocol::link::AGENT_LINK_PATH
         ))
     }
@@ -210,13 +243,52 @@ mod tests {
     }
 
     #[test]
-    fn tls_url_is_rejected_until_supported() {
+    fn https_url_maps_to_wss() {
         let config = AgentConfig {
-            coordinator_url: "https://coordinator:7300".into(),
+            coordinator_url: "https://coordinator.example:7300".into(),
+            ..AgentConfig::default()
+        };
+        assert_eq!(
+            config.link_url().unwrap(),
+            "wss://coordinator.example:7300/agent/link"
+        );
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn tls_options_need_tls_url() {
+        let config = AgentConfig {
+            coordinator_url: "http://127.0.0.1:7300".into(),
+            tls_ca_file: Some(PathBuf::from("/etc/runwarden/ca.pem")),
+            tls_fingerprint: Some("ab".repeat(32)),
             ..AgentConfig::default()
         };
         let error = config.validate().unwrap_err().to_string();
-        assert!(error.contains("TLS"), "{error}");
+        assert!(error.contains("tls_ca_file is set"), "{error}");
+        assert!(error.contains("tls_fingerprint is set"), "{error}");
+    }
+
+    #[test]
+    fn ca_file_and_fingerprint_exclude() {
+        let config = AgentConfig {
+            coordinator_url: "wss://127.0.0.1:7300".into(),
+            tls_ca_file: Some(PathBuf::from("/etc/runwarden/ca.pem")),
+            tls_fingerprint: Some("ab".repeat(32)),
+            ..AgentConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("both set"), "{error}");
+    }
+
+    #[test]
+    fn short_fingerprint_is_rejected() {
+        let config = AgentConfig {
+            coordinator_url: "wss://127.0.0.1:7300".into(),
+            tls_fingerprint: Some("AB:CD".into()),
+            ..AgentConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("tls_fingerprint `AB:CD`"), "{error}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   working directory, execWay).
 //! - [`process`]: running one process tree to its end.
 //! - [`sys`]: the Linux-specific parts: credentials, signals, cgroups.
+//! - [`tls`]: how the agent checks the coordinator's TLS certificate.
 //!
 //! Start one with [`RunningAgent::start`].
 
@@ -25,6 +26,7 @@ pub mod output;
 pub mod prepare;
 pub mod process;
 pub mod sys;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,12 +65,14 @@ impl RunningAgent {
     ///
     /// # Errors
     ///
-    /// Fails when the configuration is invalid or the data folder cannot be
+    /// Fails when the configuration is invalid, a TLS option cannot be used
+    /// (a [`tls::TlsSetupError`] in the chain), or the data folder cannot be
     /// created.
     pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         config.validate().context("invalid agent config")?;
         let peer_id = config.resolved_peer_id()?;
         let url = config.link_url()?;
+        let tls = tls::LinkTls::from_config(&config)?;
 
         let cache_dir = config.data_dir.join("script-cache");
         std::fs::create_dir_all(&cache_dir).with_context(|| {
@@ -133,6 +137,7 @@ impl RunningAgent {
                 config.credential_path(),
                 &config.enrollment_token,
             ),
+            tls,
             peer_id: peer_id.clone(),
             jobs: Arc::clone(&jobs),
             fetcher,

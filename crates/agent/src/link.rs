@@ -14,18 +14,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt as _, StreamExt as _};
 use runwarden_protocol::LINK_PROTOCOL_VERSION;
 use runwarden_protocol::link::{AgentMessage, CoordinatorMessage, FetchedScript};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::credential::Credentials;
 use crate::jobs::Jobs;
+use crate::tls::{HandshakeError, LinkTls};
 
 /// Largest message accepted from the coordinator, in bytes. The largest
 /// message it sends is a job request, whose body the coordinator caps.
@@ -37,6 +41,61 @@ const PING_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Time the coordinator has to reply to the agent's `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time one dial has for the TCP connection, the TLS handshake and the
+/// WebSocket upgrade together.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Maximum characters of an HTTP error body that go into the log.
+const MAX_LOGGED_BODY_CHARS: usize = 300;
+
+/// The byte stream under the link's WebSocket: plain TCP or TLS over TCP.
+pub trait LinkIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> LinkIo for T {}
+
+/// An open agent link.
+pub type LinkSocket = WebSocketStream<Box<dyn LinkIo>>;
+
+type WsError = tokio_tungstenite::tungstenite::Error;
+
+/// A failed dial, sorted by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("the agent link URL is not valid: {0}")]
+    Request(WsError),
+    #[error("failed to connect to {address}: {cause}")]
+    Connect {
+        address: String,
+        cause: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] HandshakeError),
+    #[error("the coordinator responded to the WebSocket upgrade with HTTP {status}: {body}")]
+    Rejected { status: u16, body: String },
+    #[error("WebSocket upgrade failed: {0}")]
+    Upgrade(WsError),
+    #[error("no connection within {} s", DIAL_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+impl DialError {
+    fn from_upgrade(error: WsError) -> DialError {
+        let WsError::Http(response) = error else {
+            return DialError::Upgrade(error);
+        };
+
+        let body = response
+            .body()
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        DialError::Rejected {
+            status: response.status().as_u16(),
+            body: body.trim().chars().take(MAX_LOGGED_BODY_CHARS).collect(),
+        }
+    }
+}
 
 type PendingFetches = Arc<Mutex<HashMap<u64, oneshot::Sender<Option<FetchedScript>>>>>;
 
@@ -115,10 +174,13 @@ pub struct Link {
     /// Maximum time without a frame from the coordinator before the agent
     /// redials.
     pub silence_limit: Duration,
+    /// The agent link URL, `ws://` or `wss://`.
     pub url: String,
     /// Token presented when dialing: the credential, or the enrollment
     /// token until the agent has one.
     pub credentials: Credentials,
+    /// TLS settings, present exactly when `url` is `wss://`.
+    pub tls: Option<LinkTls>,
     pub peer_id: String,
     pub jobs: Arc<Jobs>,
     pub fetcher: ScriptFetcher,
@@ -135,23 +197,29 @@ impl Link {
 
         while !self.shutdown.is_cancelled() {
             info!(url = %self.url, peer_id = %self.peer_id, "dialing coordinator");
-            let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
-            // The last argument turns off Nagle's algorithm, which would hold
-            // back small messages such as job results.
-            let dialed = match self.link_request() {
-                Ok(request) => tokio::select! {
-                    dialed = tokio_tungstenite::connect_async_with_config(request, Some(config), true) => dialed,
-                    () = self.shutdown.cancelled() => break,
-                },
-                Err(error) => Err(error),
+            let dialed = tokio::select! {
+                dialed = tokio::time::timeout(DIAL_TIMEOUT, self.dial()) => {
+                    dialed.unwrap_or(Err(DialError::Timeout))
+                }
+                () = self.shutdown.cancelled() => break,
             };
 
             match dialed {
-                Ok((socket, _)) => {
+                Ok(socket) => {
                     backoff = Duration::from_millis(200);
                     self.serve(socket).await;
                 }
-                Err(error) => log_dial_error(&error, &self.url),
+                Err(DialError::Tls(error)) if error.needs_operator() => {
+                    error!(%error, url = %self.url, "TLS handshake with the coordinator failed");
+                }
+                Err(DialError::Rejected { status: 401, body }) => {
+                    let message = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|body| body["message"].as_str().map(str::to_owned))
+                        .unwrap_or(body);
+                    error!(message, url = %self.url, "coordinator rejected this agent's token; set enrollment_token to a new enrollment token (and delete a revoked credential_file), then the agent dials again");
+                }
+                Err(error) => warn!(%error, url = %self.url, "failed to reach coordinator"),
             }
             if self.shutdown.is_cancelled() {
                 break;
@@ -171,18 +239,26 @@ impl Link {
         info!("agent link stopped");
     }
 
-    /// Builds the WebSocket upgrade request, with the agent's token in an
-    /// `Authorization: Bearer` header when it has one.
-    fn link_request(&self) -> Result<Request, tungstenite::Error> {
+    /// Builds the WebSocket upgrade request of the agent link. Every dial
+    /// sends it, so headers added here reach the coordinator on each
+    /// connection.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `url` is not a valid `ws://` or `wss://` URL, or the
+    /// credential file cannot be read.
+    pub fn link_request(&self) -> Result<Request, WsError> {
         let mut request = self.url.as_str().into_client_request()?;
 
+        // The agent's token: its credential, or the enrollment token until
+        // it has one.
         let bearer = self
             .credentials
             .bearer()
-            .map_err(|error| tungstenite::Error::Io(std::io::Error::other(format!("{error:#}"))))?;
+            .map_err(|error| WsError::Io(std::io::Error::other(format!("{error:#}"))))?;
         if let Some(token) = bearer {
             let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                tungstenite::Error::Io(std::io::Error::other(format!(
+                WsError::Io(std::io::Error::other(format!(
                     "the agent's token is not a valid header value; check `{}` and enrollment_token",
                     self.credentials.path.display()
                 )))
@@ -192,12 +268,52 @@ impl Link {
         Ok(request)
     }
 
-    async fn serve(
-        &mut self,
-        socket: tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    ) {
+    /// Opens the TCP connection, runs the TLS handshake for `wss://` URLs,
+    /// and upgrades the connection to a WebSocket with [`Link::link_request`].
+    async fn dial(&self) -> Result<LinkSocket, DialError> {
+        let request = self.link_request().map_err(DialError::Request)?;
+        let uri = request.uri();
+        // An IPv6 host keeps its brackets in a URI, but not in a socket
+        // address or a TLS server name.
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let default_port = if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        };
+        let port = uri.port_u16().unwrap_or(default_port);
+
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|cause| DialError::Connect {
+                address: format!("{host}:{port}"),
+                cause,
+            })?;
+        // Nagle's algorithm would hold back small messages such as job
+        // results.
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%error, "failed to set TCP_NODELAY");
+        }
+
+        let stream: Box<dyn LinkIo> = match &self.tls {
+            Some(tls) => Box::new(tls.connect(&host, tcp).await?),
+            None => Box::new(tcp),
+        };
+
+        let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
+        let (socket, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+                .await
+                .map_err(DialError::from_upgrade)?;
+        Ok(socket)
+    }
+
+    async fn serve(&mut self, socket: LinkSocket) {
         let (mut sink, mut stream) = socket.split();
 
         let hello = AgentMessage::Hello {
@@ -359,38 +475,6 @@ where
 
 /// Adds up to 50% random-looking jitter, so that many agents cut off at once
 /// do not redial in step. The clock's nanoseconds are random enough here.
-/// Logs a failed dial. A rejected token gets an error with the
-/// coordinator's message, because only an operator can fix it.
-fn log_dial_error(error: &tungstenite::Error, url: &str) {
-    if let tungstenite::Error::Http(response) = error {
-        let message = response
-            .body()
-            .as_ref()
-            .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
-            .and_then(|body| {
-                body.get("message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        if response.status() == tungstenite::http::StatusCode::UNAUTHORIZED {
-            error!(
-                status = response.status().as_u16(),
-                message,
-                url,
-                "coordinator rejected this agent's token; set enrollment_token to a new enrollment token (and delete a revoked credential_file), then the agent dials again"
-            );
-            return;
-        }
-        warn!(
-            status = response.status().as_u16(),
-            message, url, "coordinator refused the agent link"
-        );
-        return;
-    }
-    warn!(%error, url, "failed to reach coordinator");
-}
-
 fn with_jitter(base: Duration) -> Duration {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -18,6 +18,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7300";
 pub struct CoordinatorConfig {
     /// Address and port of the REST API and the agent link.
     pub listen: SocketAddr,
+    /// TLS certificate and key for `listen`; none serves plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// Timeout in seconds for jobs whose request leaves `timeout` at 0.
     pub default_timeout_secs: u32,
     /// Largest `timeout` in seconds a request may ask for; larger values are
@@ -100,6 +102,18 @@ impl Default for AuthConfig {
     }
 }
 
+/// The `[tls]` table: the coordinator serves HTTPS and WSS with this
+/// certificate and key instead of plain HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the coordinator's certificate first, then any
+    /// intermediate CA certificates.
+    pub cert_file: PathBuf,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
 /// The storage backend of the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +128,7 @@ impl Default for CoordinatorConfig {
             listen: DEFAULT_LISTEN
                 .parse()
                 .expect("default listen address parses"),
+            tls: None,
             default_timeout_secs: 3600,
             max_timeout_secs: 86_400,
             max_body_bytes: 8 * 1024 * 1024,
@@ -272,6 +287,22 @@ mod tests {
             toml::from_str("storage = \"memory\"\n[auth]\nenabled = true").unwrap();
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("storage = \"sqlite\""), "{error}");
+    }
+
+    #[test]
+    fn tls_table_is_read() {
+        let text = "[tls]\ncert_file = \"/etc/rw/cert.pem\"\nkey_file = \"/etc/rw/key.pem\"\n";
+        let config: CoordinatorConfig = toml::from_str(text).unwrap();
+        let tls = config.tls.expect("tls is set");
+        assert_eq!(tls.cert_file, PathBuf::from("/etc/rw/cert.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/etc/rw/key.pem"));
+    }
+
+    #[test]
+    fn tls_table_needs_key_file() {
+        let text = "[tls]\ncert_file = \"/etc/rw/cert.pem\"\n";
+        let error = toml::from_str::<CoordinatorConfig>(text).unwrap_err();
+        assert!(error.to_string().contains("key_file"), "{error}");
     }
 
     #[test]

@@ -22,4 +22,5 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod tasks;
+pub mod tls;
 pub mod validate;

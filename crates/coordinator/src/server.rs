@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,12 +21,54 @@ use crate::state::{AppState, TaskEvents};
 use crate::storage::Storage;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::sqlite::SqliteStorage;
+use crate::tls::TlsListener;
+
+/// The address a request came from, for authentication and the audit log.
+/// axum reads it from each accepted connection, over TLS or not.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> ClientAddr {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, PlainListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> ClientAddr {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// A TCP listener that turns off Nagle's algorithm on every accepted
+/// socket. Job results and cancels are small messages on long-lived agent
+/// sockets, and Nagle's algorithm would hold each one back for tens of
+/// milliseconds.
+struct PlainListener(TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, address) = axum::serve::Listener::accept(&mut self.0).await;
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "failed to set TCP_NODELAY");
+        }
+        (tcp, address)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
 
 /// A coordinator serving on its socket.
 pub struct RunningCoordinator {
     /// The bound address; its port is the real one when the config asked
     /// for port 0.
     pub local_addr: SocketAddr,
+    is_tls: bool,
     state: AppState,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
@@ -35,13 +79,19 @@ impl RunningCoordinator {
     ///
     /// # Errors
     ///
-    /// Fails when the configuration is invalid or the address cannot be
-    /// bound.
+    /// Fails when the configuration is invalid, the `[tls]` certificate or
+    /// key cannot be used (a [`crate::tls::TlsSetupError`] in the chain), or
+    /// the address cannot be bound.
     pub async fn start(
         config: CoordinatorConfig,
         storage: Arc<dyn Storage>,
     ) -> anyhow::Result<RunningCoordinator> {
         config.validate().context("invalid coordinator config")?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::load_server_config)
+            .transpose()?;
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -70,34 +120,44 @@ impl RunningCoordinator {
 
         tokio::spawn(crate::reaper::run(state.clone()));
 
-        // Job results and cancels are small messages on long-lived agent
-        // sockets; Nagle's algorithm would hold each one back for tens of
-        // milliseconds.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "failed to set TCP_NODELAY");
+        let is_tls = tls.is_some();
+        let service = router.into_make_service_with_connect_info::<ClientAddr>();
+        let server = match tls {
+            Some(tls) => {
+                let listener = TlsListener::new(listener, local_addr, tls);
+                tokio::spawn(
+                    axum::serve(listener, service)
+                        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                        .into_future(),
+                )
             }
-        });
-        let server = tokio::spawn(
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-        );
+            None => tokio::spawn(
+                axum::serve(PlainListener(listener), service)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future(),
+            ),
+        };
+        let scheme = if is_tls { "https" } else { "http" };
         info!(
             %local_addr,
+            url = %format!("{scheme}://{local_addr}"),
             auth = state.config.auth.enabled,
             "coordinator listening"
         );
 
         Ok(RunningCoordinator {
             local_addr,
+            is_tls,
             state,
             shutdown,
             server,
         })
+    }
+
+    /// Returns true when the coordinator serves HTTPS and WSS (a `[tls]`
+    /// table is configured), false for plain HTTP.
+    pub fn is_tls(&self) -> bool {
+        self.is_tls
     }
 
     /// Returns true while an agent with this peer id is connected.

@@ -1,6 +1,7 @@
 //! The `runwarden` command: run a coordinator, an agent, or both at once in
 //! dev mode.
 
+mod certs;
 mod dev;
 mod plugin_test;
 mod token;
@@ -47,6 +48,11 @@ enum Command {
     /// Run a coordinator and one local agent in this process, for trying
     /// Runwarden out. State and files go under --data-dir.
     Dev(dev::DevArgs),
+    /// Write a development CA and a coordinator certificate signed by it,
+    /// and print the config lines that use them. For tests and first steps,
+    /// not production: the CA key is stored unencrypted next to the
+    /// certificates.
+    Certs(certs::CertsArgs),
     /// Work with WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
             Command::Coordinator { config } => run_coordinator(config).await,
             Command::Agent { config } => run_agent(config).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Certs(args) => certs::run(args),
             Command::Plugin(PluginCommand::Test(args)) => plugin_test::run(args).await,
             Command::Token(command) => token::run(command).await,
         }
@@ -117,12 +124,15 @@ pub enum Failure {
 }
 
 impl From<anyhow::Error> for Failure {
-    /// Sorts errors from loading a sandbox policy or its plugins as
-    /// configuration errors, and everything else as run errors.
+    /// Sorts errors from loading a sandbox policy or its plugins, or the TLS
+    /// files of a configuration, as configuration errors, and everything
+    /// else as run errors.
     fn from(error: anyhow::Error) -> Self {
         let is_config = error.chain().any(|cause| {
             cause.is::<runwarden_sandbox::policy::PolicyError>()
                 || cause.is::<runwarden_sandbox::sandbox::LoadErrors>()
+                || cause.is::<runwarden_coordinator::tls::TlsSetupError>()
+                || cause.is::<runwarden_agent::tls::TlsSetupError>()
         });
         if is_config {
             Failure::Config(error)

@@ -13,6 +13,7 @@ use tracing::warn;
 use super::token::{Scope, TokenKind};
 use super::{Caller, VerifyError, verify_token};
 use crate::error::{AccessError, ApiError};
+use crate::server::ClientAddr;
 use crate::state::AppState;
 use crate::storage::AuditRecord;
 
@@ -59,8 +60,8 @@ pub async fn authenticate_api(
 ) -> Response {
     let source = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| *address);
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|ConnectInfo(ClientAddr(address))| *address);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
