@@ -543,3 +543,86 @@ fn certs_refuses_overwrite() {
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
 }
+
+/// Runs `runwarden token ARGS --config` on the coordinator's config and
+/// returns the token it printed.
+fn token_command(dir: &Path, args: &[&str]) -> String {
+    let config = dir.join("coordinator.toml").display().to_string();
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    all.extend(["--config", config.as_str()]);
+    let finished = run_binary(&all, dir);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    finished.stdout.trim().to_owned()
+}
+
+/// Calls the REST API over HTTPS with a bearer token.
+fn api_with_token(ca: &Path, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+    let ca = ca.display().to_string();
+    let header = format!("Authorization: Bearer {token}");
+    let mut args = vec!["--cacert", ca.as_str(), "-H", header.as_str()];
+    let body_text = body.map(Value::to_string);
+    if let Some(body_text) = &body_text {
+        args.extend(["-H", "Content-Type: application/json", "-d", body_text]);
+    }
+    args.push(url);
+
+    let (status, text) = curl(&args);
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{url} responded {status} with non-JSON ({error}): {text}"));
+    (status, value)
+}
+
+#[test]
+fn enrolled_agent_runs_job_over_tls_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), "certs", &[]);
+    let options = format!("{}[auth]\nenabled = true\n", certs.tls_table());
+    let coordinator = CoordinatorProcess::start(dir.path(), &options);
+    let base_url = https_url(&coordinator);
+    let admin = token_command(dir.path(), &["create", "--name", "ops", "--scope", "admin"]);
+    let enrollment = token_command(dir.path(), &["enroll", "--peer", "tls-enrolled"]);
+
+    let (status, envelope) = api(&certs.ca(), &format!("{base_url}/peers"), None);
+    assert_eq!(status, 401, "{envelope}");
+    let (status, envelope) = api_with_token(&certs.ca(), &format!("{base_url}/peers"), "rwt_000000000000_x", None);
+    assert_eq!(status, 401, "{envelope}");
+    assert_eq!(envelope["code"], 40102, "{envelope}");
+
+    let agent_options = format!(
+        "tls_ca_file = \"{}\"\nenrollment_token = \"{enrollment}\"",
+        certs.ca().display()
+    );
+    let agent = AgentProcess::start(dir.path(), "tls-enrolled", &base_url, &agent_options);
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (_, envelope) = api_with_token(&certs.ca(), &format!("{base_url}/peers"), &admin, None);
+        let online = envelope["data"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|peer| peer["peerId"] == "tls-enrolled" && peer["online"] == true);
+        if online {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent not online:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let request = json!({
+        "peers": ["tls-enrolled"],
+        "content": { "execWay": 0, "content": "echo enrolled-over-tls" }
+    });
+    let (status, envelope) = api_with_token(
+        &certs.ca(),
+        &format!("{base_url}/script/sync"),
+        &admin,
+        Some(&request),
+    );
+    assert_eq!(status, 200, "{envelope}");
+    assert_eq!(
+        envelope["data"]["list"][0]["resCmd"]["stdout"], "enrolled-over-tls\n",
+        "{envelope}"
+    );
+    assert!(agent.data_dir.join("credential").exists());
+}
