@@ -62,6 +62,7 @@ impl RunningCoordinator {
             storage,
             peers: Arc::new(PeerRegistry::default()),
             task_events: Arc::new(TaskEvents::default()),
+            secrets: Arc::default(),
             sandbox: Arc::new(sandbox),
             shutdown: shutdown.clone(),
         };
