@@ -70,6 +70,66 @@ pub struct AgentConfig {
     /// File that keeps this agent's credential (mode 0600); empty means
     /// `credential` in `data_dir`.
     pub credential_file: Option<PathBuf>,
+    /// Limits this agent puts on every job, whatever the coordinator sends.
+    pub allow: AllowPolicy,
+}
+
+/// The `[allow]` table: what jobs on this agent may use. An absent key or an
+/// empty list means no limit on that item. A job that breaks a limit does
+/// not start and ends with `denied_by_agent`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowPolicy {
+    /// User names jobs may run as, checked against the run-as user after
+    /// the default (the agent's own user) is applied.
+    pub users: Vec<String>,
+    /// Absolute paths of the interpreters jobs may run: `content.cmd`, the
+    /// script's `#!` interpreter, or `/bin/sh` by default. Both sides are
+    /// compared after resolving symlinks.
+    pub interpreters: Vec<PathBuf>,
+    /// Absolute paths of folders. A job's working directory, after the
+    /// home-directory default and symlinks are resolved, must be one of them
+    /// or inside one.
+    pub working_dirs: Vec<PathBuf>,
+    /// Largest `content.timeout`, in seconds, a job may have. A job with a
+    /// larger one is denied, not run with a shorter timeout.
+    pub max_timeout_secs: Option<u64>,
+}
+
+impl AllowPolicy {
+    /// Returns every broken rule of the table, each naming its key.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+
+        for (index, user) in self.users.iter().enumerate() {
+            if user.is_empty() {
+                problems.push(format!(
+                    "allow.users[{index}] is empty; give a user name or remove the entry"
+                ));
+            }
+        }
+        let paths = [
+            ("interpreters", &self.interpreters),
+            ("working_dirs", &self.working_dirs),
+        ];
+        for (key, list) in paths {
+            for (index, path) in list.iter().enumerate() {
+                if !path.is_absolute() {
+                    problems.push(format!(
+                        "allow.{key}[{index}] `{}` is not an absolute path; start it with `/`",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if self.max_timeout_secs == Some(0) {
+            problems.push(
+                "allow.max_timeout_secs is 0; set it to at least 1, or remove it for no limit"
+                    .to_owned(),
+            );
+        }
+        problems
+    }
 }
 
 /// Largest allowed `max_output_bytes`: a job result carries both streams in
@@ -97,6 +157,7 @@ impl Default for AgentConfig {
             policy: None,
             enrollment_token: String::new(),
             credential_file: None,
+            allow: AllowPolicy::default(),
         }
     }
 }
@@ -166,6 +227,7 @@ impl AgentConfig {
         if self.reconnect_max_secs == 0 {
             problems.push("reconnect_max_secs is 0; set it to at least 1".to_owned());
         }
+        problems.extend(self.allow.problems());
 
         if problems.is_empty() {
             Ok(())
@@ -295,5 +357,60 @@ mod tests {
     fn unknown_key_is_rejected() {
         let error = toml::from_str::<AgentConfig>("peerid = \"x\"").unwrap_err();
         assert!(error.to_string().contains("peerid"), "{error}");
+    }
+
+    #[test]
+    fn allow_table_is_read() {
+        let text = r#"
+            [allow]
+            users = ["deploy"]
+            interpreters = ["/bin/sh", "/usr/bin/python3"]
+            working_dirs = ["/srv"]
+            max_timeout_secs = 600
+        "#;
+        let config: AgentConfig = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+
+        assert_eq!(config.allow.users, ["deploy"]);
+        assert_eq!(config.allow.interpreters.len(), 2);
+        assert_eq!(config.allow.working_dirs, [PathBuf::from("/srv")]);
+        assert_eq!(config.allow.max_timeout_secs, Some(600));
+    }
+
+    #[test]
+    fn absent_allow_table_allows_everything() {
+        let config: AgentConfig = toml::from_str("").unwrap();
+        assert_eq!(config.allow, AllowPolicy::default());
+    }
+
+    #[test]
+    fn allow_unknown_key_is_rejected() {
+        let error = toml::from_str::<AgentConfig>("[allow]\nuser = [\"deploy\"]\n").unwrap_err();
+        assert!(error.to_string().contains("user"), "{error}");
+        assert!(error.to_string().contains("users"), "{error}");
+    }
+
+    #[test]
+    fn allow_relative_paths_are_rejected() {
+        let text = r#"
+            [allow]
+            interpreters = ["python3"]
+            working_dirs = ["/srv", "srv/app"]
+        "#;
+        let config: AgentConfig = toml::from_str(text).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+
+        assert!(error.contains("allow.interpreters[0] `python3`"), "{error}");
+        assert!(error.contains("allow.working_dirs[1] `srv/app`"), "{error}");
+    }
+
+    #[test]
+    fn allow_zero_timeout_and_empty_user_are_rejected() {
+        let config: AgentConfig =
+            toml::from_str("[allow]\nusers = [\"\"]\nmax_timeout_secs = 0\n").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+
+        assert!(error.contains("allow.users[0] is empty"), "{error}");
+        assert!(error.contains("allow.max_timeout_secs is 0"), "{error}");
     }
 }

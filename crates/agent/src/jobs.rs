@@ -21,6 +21,7 @@ use std::time::Duration;
 use runwarden_protocol::api::{CancelResult, JobRequest, ResCmd};
 use runwarden_protocol::link::{AgentJobRecord, AgentMessage};
 use runwarden_protocol::output::encode_stream;
+use runwarden_protocol::secret::{Redact as _, Redacted};
 use runwarden_protocol::status::{JobStatus, Outcome};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use runwarden_sandbox::sandbox::ValidateOutcome;
 use runwarden_sandbox::{HookPoint, Sandbox};
 
+use crate::config::AllowPolicy;
 use crate::journal::{Journal, JournalEntry, JournalResult};
 use crate::link::ScriptFetcher;
 use crate::output::LiveOutput;
@@ -48,6 +50,8 @@ pub struct JobSettings {
     pub max_output_bytes: usize,
     pub max_concurrent_jobs: usize,
     pub limits: ProcessLimits,
+    /// The agent's `[allow]` policy, checked on every job before it starts.
+    pub allow: AllowPolicy,
 }
 
 pub struct Jobs {
@@ -73,6 +77,8 @@ struct Table {
 }
 
 struct JobEntry {
+    /// The job's request. It contains the secret values while the job is
+    /// open, and is redacted once the job has ended.
     req: JobRequest,
     status: JobStatus,
     output: Arc<LiveOutput>,
@@ -141,7 +147,7 @@ impl Jobs {
         }
 
         let entry = JournalEntry {
-            req: self.lock().jobs[&job_id].req.clone(),
+            req: Redacted::new(self.lock().jobs[&job_id].req.clone()),
             result: None,
         };
         if let Err(error) = self.journal.write(&entry) {
@@ -204,6 +210,7 @@ impl Jobs {
             scripts_dir: &self.settings.scripts_dir,
             cache_dir: &self.settings.cache_dir,
             fetcher: &self.fetcher,
+            allow: &self.settings.allow,
         };
         let prepared = tokio::select! {
             prepared = prepare_job(&req, &context) => prepared,
@@ -214,6 +221,12 @@ impl Jobs {
         };
         let prepared = match prepared {
             Ok(prepared) => prepared,
+            Err(failure) if failure.outcome == Outcome::DeniedByAgent => {
+                // The job span carries task_id and job_id.
+                warn!(peer_id = %self.settings.peer_id, error = %failure.message, "job denied by this agent's [allow] policy");
+                self.finish_not_run(&job_id, failure);
+                return;
+            }
             Err(failure) => {
                 warn!(code = failure.outcome.as_str(), error = %failure.message, "job failed before start");
                 self.finish_not_run(&job_id, failure);
@@ -354,9 +367,12 @@ impl Jobs {
         };
         entry.status = status;
         entry.result = Some(res_cmd.clone());
+        // The process has ended, so the secret values are not needed any
+        // more. The record kept for live queries keeps only their names.
+        entry.req.redact();
         let done = entry.done.clone();
         let journaled = JournalEntry {
-            req: entry.req.clone(),
+            req: Redacted::new(entry.req.clone()),
             result: Some(JournalResult { status, res_cmd }),
         };
         if let Err(error) = self.journal.write(&journaled) {
@@ -433,7 +449,7 @@ impl Jobs {
             None => snapshot_output(&entry.output),
         };
         Some(AgentJobRecord {
-            req: entry.req.clone(),
+            req: Redacted::new(entry.req.clone()),
             status: entry.status,
             value,
         })
@@ -480,7 +496,7 @@ impl Jobs {
             table.jobs.insert(
                 job_id.clone(),
                 JobEntry {
-                    req: entry.req,
+                    req: entry.req.into_inner(),
                     status: result.status,
                     output: Arc::new(LiveOutput::new(0)),
                     result: Some(result.res_cmd),

@@ -13,18 +13,25 @@
 //! agent process died, so its outcome is unknown: it is reported `lost`.
 //! Results are therefore delivered at least once, and the coordinator keeps
 //! the first copy of each.
+//!
+//! The journal never contains secret environment values, because an entry's
+//! request is a [`Redacted`] value, which cannot be built without replacing
+//! them. A job that has to be read back from the journal is reported `lost`,
+//! not run again, so it never needs them.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use runwarden_protocol::api::{JobRequest, ResCmd};
+use runwarden_protocol::secret::Redacted;
 use runwarden_protocol::status::JobStatus;
 use serde::{Deserialize, Serialize};
 
 /// One job as the journal keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JournalEntry {
-    pub req: JobRequest,
+    /// The job's request with secret values redacted.
+    pub req: Redacted<JobRequest>,
     /// `None` while the job is queued or running.
     pub result: Option<JournalResult>,
 }
@@ -125,14 +132,14 @@ mod tests {
 
     use super::*;
 
-    fn request(job_id: &str) -> JobRequest {
-        JobRequest {
+    fn request(job_id: &str) -> Redacted<JobRequest> {
+        Redacted::new(JobRequest {
             taskid: "t".into(),
             jobid: job_id.into(),
             name: String::new(),
             creater: String::new(),
             content: ScriptContent::default(),
-        }
+        })
     }
 
     #[test]
@@ -163,6 +170,24 @@ mod tests {
             loaded[1].result.as_ref().unwrap().status,
             JobStatus::Success
         );
+    }
+
+    #[test]
+    fn entry_file_holds_no_secret_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut content = ScriptContent::default();
+        content.secret_env.insert("TOKEN", "journal-secret-value");
+        let req = Redacted::new(JobRequest {
+            content,
+            ..request("s").into_inner()
+        });
+
+        journal.write(&JournalEntry { req, result: None }).unwrap();
+
+        let text = std::fs::read_to_string(dir.path().join("journal/s.json")).unwrap();
+        assert!(!text.contains("journal-secret-value"), "{text}");
+        assert!(text.contains("TOKEN"), "{text}");
     }
 
     #[test]

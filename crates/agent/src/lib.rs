@@ -11,12 +11,15 @@
 //!   results, read again after a restart.
 //! - [`prepare`]: from a job request to a process spec (user, environment,
 //!   working directory, execWay).
+//! - [`allow`]: the checks of the agent's own `[allow]` policy, made while a
+//!   job is prepared.
 //! - [`process`]: running one process tree to its end.
 //! - [`sys`]: the Linux-specific parts: credentials, signals, cgroups.
 //! - [`tls`]: how the agent checks the coordinator's TLS certificate.
 //!
 //! Start one with [`RunningAgent::start`].
 
+pub mod allow;
 pub mod config;
 pub mod credential;
 pub mod jobs;
@@ -113,6 +116,7 @@ impl RunningAgent {
             max_output_bytes: config.max_output_bytes,
             max_concurrent_jobs: config.max_concurrent_jobs,
             limits,
+            allow: config.allow.clone(),
         };
 
         let sandbox = load_sandbox(config.policy.as_deref(), &config.data_dir).await?;

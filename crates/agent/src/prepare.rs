@@ -28,6 +28,8 @@ use runwarden_protocol::status::Outcome;
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
+use crate::allow;
+use crate::config::AllowPolicy;
 use crate::link::ScriptFetcher;
 use crate::process::{Credentials, ProcessSpec};
 
@@ -45,7 +47,7 @@ pub struct JobFailure {
 }
 
 impl JobFailure {
-    fn new(outcome: Outcome, message: impl Into<String>) -> JobFailure {
+    pub(crate) fn new(outcome: Outcome, message: impl Into<String>) -> JobFailure {
         JobFailure {
             outcome,
             message: message.into(),
@@ -60,6 +62,8 @@ pub struct PrepareContext<'a> {
     /// Folder of cached execWay 3 scripts, named by their sha256.
     pub cache_dir: &'a Path,
     pub fetcher: &'a ScriptFetcher,
+    /// The agent's `[allow]` policy.
+    pub allow: &'a AllowPolicy,
 }
 
 /// A job ready to spawn. Dropping it removes its temporary script folder.
@@ -78,14 +82,31 @@ struct RunAs {
     credentials: Option<Credentials>,
 }
 
+/// Prepares a job, checking the agent's `[allow]` policy on the way: the
+/// timeout first, then the run-as user, the working directory and, once the
+/// script is known, its interpreter.
 pub async fn prepare_job(
     job: &JobRequest,
     context: &PrepareContext<'_>,
 ) -> Result<PreparedJob, JobFailure> {
     let content = &job.content;
-    let run_as = resolve_user(&content.user, context.peer_id)?;
+    let allow = context.allow;
+    let peer_id = context.peer_id;
+    allow::check_timeout(allow, content.timeout, peer_id)?;
+
+    // A requested user is checked before the lookup, so that a forbidden
+    // name is denied whether or not it exists on this machine.
+    if !content.user.is_empty() {
+        allow::check_user(allow, &content.user, peer_id)?;
+    }
+    let run_as = resolve_user(&content.user, peer_id)?;
+    if content.user.is_empty() {
+        allow::check_user(allow, &run_as.name, peer_id)?;
+    }
+
     let env = build_env(&run_as, content);
-    let cwd = resolve_cwd(&content.path, &run_as, context.peer_id)?;
+    let cwd = resolve_cwd(&content.path, &run_as, peer_id)?;
+    let cwd = allow::check_working_dir(allow, cwd, peer_id)?;
 
     let exec_way = ExecWay::from_code(content.exec_way).ok_or_else(|| {
         JobFailure::new(
@@ -97,22 +118,46 @@ pub async fn prepare_job(
         )
     })?;
 
+    let path_var = env
+        .iter()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| value.as_os_str());
+    let check_interpreter =
+        |interpreter: &str| allow::check_interpreter(allow, interpreter, path_var, &cwd, peer_id);
+    let check_script = |body: &[u8]| {
+        let interpreter = if !content.cmd.is_empty() {
+            content.cmd.clone()
+        } else {
+            allow::shebang_interpreter(body).unwrap_or_else(|| DEFAULT_SHELL.to_owned())
+        };
+        check_interpreter(&interpreter)
+    };
+
     let (program, args, script_dir) = match exec_way {
         ExecWay::CommandLine => {
+            let interpreter = if content.cmd.is_empty() {
+                DEFAULT_SHELL
+            } else {
+                &content.cmd
+            };
+            check_interpreter(interpreter)?;
             let (program, args) = command_line(&content.cmd, &content.content, &content.args)?;
             (program, args, None)
         }
         ExecWay::InlineContent => {
             let body = content.content.as_bytes();
+            check_script(body)?;
             script_command(&content.cmd, "script", body, &content.args, &run_as)?
         }
         ExecWay::NodeScript => {
             let body = read_node_script(context.scripts_dir, &content.content)?;
+            check_script(&body)?;
             let file_name = script_file_name(&content.content);
             script_command(&content.cmd, file_name, &body, &content.args, &run_as)?
         }
         ExecWay::StoredScript => {
             let body = stored_script(context, &content.content, &content.filehash).await?;
+            check_script(&body)?;
             let file_name = script_file_name(&content.content);
             script_command(&content.cmd, file_name, &body, &content.args, &run_as)?
         }
@@ -217,8 +262,8 @@ fn credentials_of(user: &nix::unistd::User) -> Result<Credentials, JobFailure> {
 }
 
 /// Builds the login environment that `su -` gives the user, then adds the
-/// request's variables on top. Nothing of the agent's own environment leaks
-/// into the job.
+/// request's `env` and then its `secretEnv` on top. Nothing of the agent's
+/// own environment leaks into the job.
 fn build_env(
     run_as: &RunAs,
     content: &runwarden_protocol::api::ScriptContent,
@@ -241,8 +286,13 @@ fn build_env(
         ("SHELL".into(), shell.into_os_string()),
         ("PATH".into(), path.into()),
     ];
-    for (name, value) in &content.env {
-        env.retain(|(existing, _)| existing.as_os_str() != name.as_str());
+    let requested = content
+        .env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .chain(content.secret_env.iter());
+    for (name, value) in requested {
+        env.retain(|(existing, _)| existing.as_os_str() != name);
         env.push((name.into(), value.into()));
     }
     env

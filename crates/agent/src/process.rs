@@ -52,7 +52,11 @@ const OUTPUT_TAIL_WAIT: Duration = Duration::from_secs(1);
 
 /// Everything needed to start a job's process. The environment is exactly
 /// `env`: nothing is inherited from the agent.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows the environment's names and the size of
+/// `stdin`, never their values, because `env` contains the job's secret
+/// variables.
+#[derive(Clone)]
 pub struct ProcessSpec {
     pub program: PathBuf,
     /// `argv[1..]`.
@@ -65,6 +69,21 @@ pub struct ProcessSpec {
     /// `/dev/null`.
     pub stdin: Vec<u8>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ProcessSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<_> = self.env.iter().map(|(name, _)| name).collect();
+        f.debug_struct("ProcessSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env_names", &env_names)
+            .field("cwd", &self.cwd)
+            .field("credentials", &self.credentials)
+            .field("stdin_bytes", &self.stdin.len())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// The identity a job's process switches to before `exec`.

@@ -26,22 +26,58 @@ pub use access::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
     PeersEmpty,
-    PeerIdEmpty { index: usize },
-    PeerDuplicate { peer: String },
-    TooManyPeers { count: usize, max: usize },
-    ExecWayUnknown { value: i32 },
-    ContentEmpty { exec_way: i32 },
-    TimeoutNegative { value: i32 },
-    TimeoutTooLarge { value: i32, max: u32 },
+    PeerIdEmpty {
+        index: usize,
+    },
+    PeerDuplicate {
+        peer: String,
+    },
+    TooManyPeers {
+        count: usize,
+        max: usize,
+    },
+    ExecWayUnknown {
+        value: i32,
+    },
+    ContentEmpty {
+        exec_way: i32,
+    },
+    TimeoutNegative {
+        value: i32,
+    },
+    TimeoutTooLarge {
+        value: i32,
+        max: u32,
+    },
     FilehashMissing,
-    FilehashInvalid { value: String },
-    ScriptNameInvalid { value: String },
-    PathNotAbsolute { value: String },
-    EnvNameInvalid { name: String },
-    NulByte { field: String },
-    UserNameInvalid { value: String },
-    InterpreterNoInlineForm { cmd: String },
-    FieldEmpty { field: String },
+    FilehashInvalid {
+        value: String,
+    },
+    ScriptNameInvalid {
+        value: String,
+    },
+    PathNotAbsolute {
+        value: String,
+    },
+    EnvNameInvalid {
+        name: String,
+    },
+    /// The same variable is in `content.env` and `content.secretEnv`.
+    EnvNameInBoth {
+        name: String,
+    },
+    NulByte {
+        field: String,
+    },
+    UserNameInvalid {
+        value: String,
+    },
+    InterpreterNoInlineForm {
+        cmd: String,
+    },
+    FieldEmpty {
+        field: String,
+    },
     CancelListEmpty,
 }
 
@@ -307,6 +343,9 @@ fn invalid_en(invalid: &Invalid) -> String {
         Invalid::EnvNameInvalid { name } => format!(
             "environment variable name `{name}` is invalid; use a non-empty name without `=` or NUL"
         ),
+        Invalid::EnvNameInBoth { name } => format!(
+            "environment variable `{name}` is in both `content.env` and `content.secretEnv`; put it in one of them (`content.secretEnv` if its value is secret)"
+        ),
         Invalid::NulByte { field } => {
             format!("`{field}` contains a NUL byte, which no process argument can carry; remove it")
         }
@@ -365,6 +404,9 @@ fn invalid_zh(invalid: &Invalid) -> String {
         Invalid::EnvNameInvalid { name } => {
             format!("环境变量名 `{name}` 无效；名称不能为空，也不能含 `=` 或 NUL")
         }
+        Invalid::EnvNameInBoth { name } => format!(
+            "环境变量 `{name}` 同时出现在 `content.env` 和 `content.secretEnv` 中；请只放在其中一个里（值需要保密时放在 `content.secretEnv`）"
+        ),
         Invalid::NulByte { field } => {
             format!("`{field}` 含有 NUL 字节，进程参数无法携带；请删除")
         }

@@ -18,6 +18,7 @@ pub mod lang;
 pub mod link;
 pub mod peers;
 pub mod reaper;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod storage;

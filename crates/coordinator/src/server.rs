@@ -112,6 +112,7 @@ impl RunningCoordinator {
             storage,
             peers: Arc::new(PeerRegistry::default()),
             task_events: Arc::new(TaskEvents::default()),
+            secrets: Arc::default(),
             sandbox: Arc::new(sandbox),
             shutdown: shutdown.clone(),
             auth: Arc::new(crate::auth::AuthState::default()),

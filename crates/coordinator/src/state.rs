@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::config::CoordinatorConfig;
 use crate::peers::PeerRegistry;
+use crate::secrets::PendingSecrets;
 use crate::storage::Storage;
 
 #[derive(Clone)]
@@ -15,6 +16,9 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub peers: Arc<PeerRegistry>,
     pub task_events: Arc<TaskEvents>,
+    /// Secret environment values of jobs not yet accepted by their agent,
+    /// in memory only.
+    pub secrets: Arc<PendingSecrets>,
     /// Validate plugins run on every job before dispatch.
     pub sandbox: Arc<runwarden_sandbox::Sandbox>,
     /// Fires when the coordinator starts to shut down: new tasks are

@@ -5,6 +5,12 @@
 //! must make each method atomic: in particular [`Storage::update_job`] must
 //! never let a final job change again, because a cancel and a normal end can
 //! race and the first to land decides the job's result.
+//!
+//! Requests are stored redacted: [`TaskRecord::content`] and
+//! [`JobRecord::changed_request`] are [`Redacted`] values, which can only be
+//! built by replacing every secret value with `<redacted>`, so no backend
+//! can be handed a secret. The values wait in
+//! [`crate::secrets::PendingSecrets`] instead.
 
 pub mod memory;
 pub mod sqlite;
@@ -13,6 +19,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use runwarden_protocol::api::{JobRequest, ResCmd, ScriptContent, StoredScript, StoredScriptInfo};
+use runwarden_protocol::secret::Redacted;
 use runwarden_protocol::status::JobStatus;
 
 use crate::auth::token::{Scope, TokenKind};
@@ -24,25 +31,28 @@ pub struct TaskRecord {
     pub name: String,
     pub creater: String,
     pub created_at: SystemTime,
-    /// The request's `content` with the effective timeout filled in.
-    pub content: ScriptContent,
+    /// The request's `content` with the effective timeout filled in and
+    /// secret values redacted.
+    pub content: Redacted<ScriptContent>,
     pub jobs: Vec<JobRecord>,
 }
 
 impl TaskRecord {
-    /// The request an agent gets for one job of this task: the task's,
+    /// Builds the redacted request of one job of this task: the task's,
     /// unless a validate plugin changed it for this job.
-    pub fn job_request(&self, job: &JobRecord) -> JobRequest {
+    /// [`crate::secrets::PendingSecrets::restore`] puts the secret values
+    /// back before the job is sent.
+    pub fn job_request(&self, job: &JobRecord) -> Redacted<JobRequest> {
         if let Some(changed) = &job.changed_request {
             return changed.clone();
         }
-        JobRequest {
+        Redacted::new(JobRequest {
             taskid: self.task_id.clone(),
             jobid: job.job_id.clone(),
             name: self.name.clone(),
             creater: self.creater.clone(),
-            content: self.content.clone(),
-        }
+            content: (*self.content).clone(),
+        })
     }
 }
 
@@ -54,9 +64,9 @@ pub struct JobRecord {
     pub peer_id: String,
     pub status: JobStatus,
     pub res_cmd: ResCmd,
-    /// The job's request when a validate plugin changed it; `None` means the
-    /// task's request.
-    pub changed_request: Option<JobRequest>,
+    /// The job's request, redacted, when a validate plugin changed it;
+    /// `None` means the task's request.
+    pub changed_request: Option<Redacted<JobRequest>>,
     /// True once the peer's agent confirmed it has the job (queued or
     /// running); a pending job that was never accepted may be sent again.
     pub accepted: bool,

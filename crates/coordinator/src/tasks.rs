@@ -5,18 +5,23 @@ use std::time::{Duration, SystemTime};
 
 use runwarden_protocol::api::{ExecWay, JobInfo, ResCmd, ScriptRequest, TaskInfo};
 use runwarden_protocol::link::CoordinatorMessage;
+use runwarden_protocol::secret::{Redacted, SecretEnv};
 use runwarden_protocol::status::{JobStatus, Outcome, TaskStatus};
 use runwarden_sandbox::HookPoint;
 use runwarden_sandbox::sandbox::ValidateOutcome;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
+use crate::secrets::SecretsUnavailable;
 use crate::state::AppState;
 use crate::storage::{JobRecord, JobUpdate, TaskRecord};
 
 /// Creates a task with one pending job per peer and hands each job to its
 /// agent. A job whose peer is offline waits for it up to the delivery
 /// timeout.
+///
+/// The task is stored with its secret values redacted. The values stay in
+/// [`AppState::secrets`] until each job's agent accepts it or the job ends.
 ///
 /// # Errors
 ///
@@ -44,13 +49,25 @@ pub async fn create_task(
         });
     }
 
+    // The secret values go to memory before the task reaches the store, so
+    // that an agent that connects in between finds them.
+    let secret_env = request.content.secret_env.clone();
     let mut task = new_task_record(request, timeout_secs);
-    run_validate_hooks(state, &mut task).await;
-    state.storage.insert_task(task.clone()).await?;
+    for job in &task.jobs {
+        state.secrets.insert(&job.job_id, secret_env.clone());
+    }
+    run_validate_hooks(state, &mut task, &secret_env).await;
+    if let Err(error) = state.storage.insert_task(task.clone()).await {
+        for job in &task.jobs {
+            state.secrets.remove(&job.job_id);
+        }
+        return Err(error.into());
+    }
     info!(
         task_id = %task.task_id,
         peers = task.jobs.len(),
         exec_way = task.content.exec_way,
+        secret_variables = task.content.secret_env.len(),
         timeout_secs,
         creater = %task.creater,
         "task created"
@@ -68,14 +85,17 @@ pub async fn create_task(
 
 /// Runs the policy's validate plugins on each job before it is stored. A
 /// denied job ends `rejected` and is never sent; a changed request replaces
-/// the task's request for that job only.
-async fn run_validate_hooks(state: &AppState, task: &mut TaskRecord) {
+/// the task's request for that job only. `secret_env` is the request's
+/// `content.secretEnv` with its values, which plugins see only when their
+/// policy entry sets `see_secrets`.
+async fn run_validate_hooks(state: &AppState, task: &mut TaskRecord, secret_env: &SecretEnv) {
     if !state.sandbox.has_plugins(HookPoint::Validate) {
         return;
     }
 
     for index in 0..task.jobs.len() {
-        let request = task.job_request(&task.jobs[index]);
+        let mut request = task.job_request(&task.jobs[index]).into_inner();
+        request.content.secret_env = secret_env.clone();
         let peer_id = task.jobs[index].peer_id.clone();
         let outcome = state.sandbox.validate(&request, &peer_id).await;
 
@@ -87,9 +107,13 @@ async fn run_validate_hooks(state: &AppState, task: &mut TaskRecord) {
                 changed_by,
             } => {
                 info!(task_id = %task.task_id, job_id = %job.job_id, plugins = ?changed_by, "job request changed by plugins");
-                job.changed_request = Some(*request);
+                state
+                    .secrets
+                    .insert(&job.job_id, request.content.secret_env.clone());
+                job.changed_request = Some(Redacted::new(*request));
             }
             ValidateOutcome::Deny { plugin, reason } => {
+                state.secrets.remove(&job.job_id);
                 job.status = JobStatus::Rejected;
                 job.res_cmd = ResCmd::not_run(
                     Outcome::Rejected,
@@ -126,21 +150,45 @@ fn new_task_record(request: ScriptRequest, timeout_secs: u32) -> TaskRecord {
         name: request.name,
         creater: request.creater,
         created_at,
-        content,
+        content: Redacted::new(content),
         jobs,
     }
 }
 
+/// Builds the result of a job that cannot be sent because its secret values
+/// are gone.
+fn secret_unavailable_result(peer_id: &str, missing: &SecretsUnavailable) -> ResCmd {
+    ResCmd::not_run(
+        Outcome::SecretUnavailable,
+        format!(
+            "the coordinator restarted before this job reached peer `{peer_id}`, and the values of its secret variables ({}) are never stored, so nothing ran; submit the task again",
+            missing.names.join(", ")
+        ),
+    )
+}
+
 /// Sends a job to its peer if the peer is connected; otherwise the job waits
-/// for the peer (see [`crate::reaper`]).
+/// for the peer (see [`crate::reaper`]). A job whose secret values are no
+/// longer in memory ends with `secret_unavailable` instead of being sent.
 pub async fn dispatch_job(
     state: &AppState,
     task: &TaskRecord,
     job: &JobRecord,
 ) -> Result<(), ApiError> {
-    let message = CoordinatorMessage::RunJob {
-        job: task.job_request(job),
+    let request = match state.secrets.restore(task.job_request(job)) {
+        Ok(request) => request,
+        Err(missing) => {
+            warn!(task_id = %task.task_id, job_id = %job.job_id, peer_id = %job.peer_id, secret_variables = missing.names.len(), "secret values of the job are gone, so it is not sent");
+            let update = JobUpdate::Finished {
+                status: JobStatus::Failed,
+                res_cmd: secret_unavailable_result(&job.peer_id, &missing),
+            };
+            apply_job_update(state, &job.job_id, update).await?;
+            return Ok(());
+        }
     };
+
+    let message = CoordinatorMessage::RunJob { job: request };
     let sent = match state.peers.get(&job.peer_id) {
         Some(connection) => connection.sender.send(message).await.is_ok(),
         None => false,
@@ -159,12 +207,17 @@ pub async fn dispatch_job(
 /// Applies a job update and wakes the task's waiters. Returns the job as it
 /// is now, or `None` when the update did not apply (see
 /// [`crate::storage::Storage::update_job`]).
+///
+/// Every update means the agent has the job or the job has ended, so the
+/// job's secret values are dropped from memory whatever the result.
 pub async fn apply_job_update(
     state: &AppState,
     job_id: &str,
     update: JobUpdate,
 ) -> Result<Option<JobRecord>, ApiError> {
-    let updated = state.storage.update_job(job_id, update).await?;
+    let updated = state.storage.update_job(job_id, update).await;
+    state.secrets.remove(job_id);
+    let updated = updated?;
     if let Some(job) = &updated {
         if job.status.is_final() {
             info!(

@@ -65,10 +65,17 @@ fn validate_content(content: &ScriptContent) -> Result<(), Invalid> {
         reject_nul(&format!("content.args[{index}]"), arg)?;
     }
     for (name, value) in &content.env {
-        if name.is_empty() || name.contains('=') || name.contains('\0') {
-            return Err(Invalid::EnvNameInvalid { name: name.clone() });
-        }
+        validate_env_name(name)?;
         reject_nul(&format!("content.env.{name}"), value)?;
+    }
+    for (name, value) in content.secret_env.iter() {
+        validate_env_name(name)?;
+        if content.env.contains_key(name) {
+            return Err(Invalid::EnvNameInBoth {
+                name: name.to_owned(),
+            });
+        }
+        reject_nul(&format!("content.secretEnv.{name}"), value)?;
     }
 
     if !content.path.is_empty() && !content.path.starts_with('/') {
@@ -101,6 +108,15 @@ fn validate_content(content: &ScriptContent) -> Result<(), Invalid> {
             validate_script_name(&content.content)?;
             validate_filehash(&content.filehash)?;
         }
+    }
+    Ok(())
+}
+
+fn validate_env_name(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(Invalid::EnvNameInvalid {
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -270,6 +286,44 @@ mod tests {
         content.env.insert("A=B".into(), "x".into());
         let error = validate_script_request(&request(content), &config).unwrap_err();
         assert!(matches!(error, Invalid::EnvNameInvalid { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn name_in_env_and_secret_env_is_rejected() {
+        let config = CoordinatorConfig::default();
+        let mut content = command("true");
+        content.env.insert("TOKEN".into(), "plain".into());
+        content.secret_env.insert("TOKEN", "hidden");
+        let error = validate_script_request(&request(content), &config).unwrap_err();
+        assert_eq!(
+            error,
+            Invalid::EnvNameInBoth {
+                name: "TOKEN".into()
+            }
+        );
+    }
+
+    #[test]
+    fn secret_env_name_follows_env_rules() {
+        let config = CoordinatorConfig::default();
+        let mut content = command("true");
+        content.secret_env.insert("A=B", "x");
+        let error = validate_script_request(&request(content), &config).unwrap_err();
+        assert!(matches!(error, Invalid::EnvNameInvalid { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn secret_env_value_with_nul_names_field_only() {
+        let config = CoordinatorConfig::default();
+        let mut content = command("true");
+        content.secret_env.insert("TOKEN", "ab\0cd");
+        let error = validate_script_request(&request(content), &config).unwrap_err();
+        assert_eq!(
+            error,
+            Invalid::NulByte {
+                field: "content.secretEnv.TOKEN".into()
+            }
+        );
     }
 
     #[test]

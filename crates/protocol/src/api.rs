@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::secret::{Redact, Redacted, SecretEnv};
 use crate::status::{JobStatus, Outcome, TaskStatus};
 
 /// Response wrapper of every call: `code` 0 means success.
@@ -53,6 +54,23 @@ pub struct ScriptRequest {
     pub content: ScriptContent,
 }
 
+impl ScriptRequest {
+    /// Returns a copy with every `content.secretEnv` value replaced by
+    /// [`REDACTED`](crate::secret::REDACTED); use it wherever the request is
+    /// stored, logged or shown.
+    pub fn redacted(&self) -> ScriptRequest {
+        let mut copy = self.clone();
+        copy.redact();
+        copy
+    }
+}
+
+impl Redact for ScriptRequest {
+    fn redact(&mut self) {
+        self.content.redact();
+    }
+}
+
 /// Way of running `content.content` on the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecWay {
@@ -92,6 +110,17 @@ pub struct ScriptContent {
     /// environment.
     #[serde(default, deserialize_with = "null_as_default")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables set like `env`, after it, whose values reach
+    /// only the job's process. Stored and returned copies contain
+    /// [`REDACTED`](crate::secret::REDACTED) in their place. A name may not
+    /// also be in `env`. Left out of the JSON when empty.
+    #[serde(
+        rename = "secretEnv",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "SecretEnv::is_empty"
+    )]
+    pub secret_env: SecretEnv,
     #[serde(default, deserialize_with = "null_as_default")]
     pub content: String,
     /// Raw execWay code, kept as sent so that an unknown value can be named
@@ -112,6 +141,22 @@ pub struct ScriptContent {
     /// input is `/dev/null`.
     #[serde(default, deserialize_with = "null_as_default")]
     pub input: String,
+}
+
+impl ScriptContent {
+    /// Returns a copy with every `secretEnv` value replaced by
+    /// [`REDACTED`](crate::secret::REDACTED). The names stay.
+    pub fn redacted(&self) -> ScriptContent {
+        let mut copy = self.clone();
+        copy.redact();
+        copy
+    }
+}
+
+impl Redact for ScriptContent {
+    fn redact(&mut self) {
+        self.secret_env.redact();
+    }
 }
 
 /// `data` of `POST /script/async`.
@@ -227,8 +272,9 @@ pub struct PeerTaskInfoRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerTaskInfo {
     pub peerid: String,
-    /// The job request as the peer stores it; `null` when `err` is set.
-    pub req: Option<JobRequest>,
+    /// The job request as the peer stores it, with secret values redacted;
+    /// `null` when `err` is set.
+    pub req: Option<Redacted<JobRequest>>,
     /// Job status on the peer; `null` when `err` is set.
     pub status: Option<JobStatus>,
     /// The peer's `resCmd`, with the output so far while the job runs.
@@ -239,6 +285,10 @@ pub struct PeerTaskInfo {
 }
 
 /// A job as the coordinator hands it to an agent.
+///
+/// In [`CoordinatorMessage::RunJob`](crate::link::CoordinatorMessage::RunJob)
+/// it carries the secret values. Stored and shown copies are
+/// [`Redacted<JobRequest>`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRequest {
     pub taskid: String,
@@ -248,6 +298,22 @@ pub struct JobRequest {
     /// The request's `content`, with `timeout` set to the effective value in
     /// seconds (the coordinator's default replaces 0).
     pub content: ScriptContent,
+}
+
+impl JobRequest {
+    /// Returns a copy with every `content.secretEnv` value replaced by
+    /// [`REDACTED`](crate::secret::REDACTED).
+    pub fn redacted(&self) -> JobRequest {
+        let mut copy = self.clone();
+        copy.redact();
+        copy
+    }
+}
+
+impl Redact for JobRequest {
+    fn redact(&mut self) {
+        self.content.redact();
+    }
 }
 
 /// Body of `POST /script/cancel`.
@@ -377,6 +443,27 @@ mod tests {
         let request: ScriptRequest = serde_json::from_str(body).unwrap();
         assert!(request.peers.is_empty());
         assert!(request.content.env.is_empty());
+    }
+
+    #[test]
+    fn secret_env_is_read_and_redacted() {
+        let body = r#"{"peers":["p"],"content":{"env":{"A":"b"},"secretEnv":{"TOKEN":"v4lue"}}}"#;
+        let request: ScriptRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(request.content.secret_env.get("TOKEN"), Some("v4lue"));
+
+        let text = serde_json::to_string(&request.redacted()).unwrap();
+        assert!(
+            text.contains(r#""secretEnv":{"TOKEN":"<redacted>"}"#),
+            "{text}"
+        );
+        assert!(!text.contains("v4lue"), "{text}");
+        assert_eq!(request.redacted().content.env["A"], "b");
+    }
+
+    #[test]
+    fn empty_secret_env_is_left_out() {
+        let text = serde_json::to_string(&ScriptContent::default()).unwrap();
+        assert!(!text.contains("secretEnv"), "{text}");
     }
 
     #[test]

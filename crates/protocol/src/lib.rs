@@ -9,6 +9,8 @@
 //! - [`interpreter`]: how execWay 0 passes inline code to each interpreter.
 //! - [`link`]: the messages that an agent and the coordinator exchange over
 //!   the agent's WebSocket.
+//! - [`secret`]: secret environment values and the redaction of stored and
+//!   shown requests.
 //!
 //! This crate holds data only. Validation lives with the component that
 //! enforces it: the coordinator checks requests at submit time, and the agent
@@ -19,8 +21,12 @@ pub mod api;
 pub mod interpreter;
 pub mod link;
 pub mod output;
+pub mod secret;
 pub mod status;
 
 /// Version of the agent link protocol. The coordinator rejects an agent whose
 /// `Hello` names another version, because message shapes may differ.
-pub const LINK_PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 added `content.secretEnv` to `RunJob`. An agent of version 1
+/// would ignore it and run the job without its secret variables.
+pub const LINK_PROTOCOL_VERSION: u32 = 2;

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::{CancelResult, JobRequest, ResCmd, StoredScriptInfo};
+use crate::secret::Redacted;
 use crate::status::JobStatus;
 
 /// HTTP path of the agent WebSocket on the coordinator.
@@ -64,6 +65,10 @@ pub enum AgentMessage {
 
 /// A message from the coordinator to an agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "messages live only between building and sending, so boxing the job saves nothing"
+)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CoordinatorMessage {
     /// The coordinator accepted the agent's `Hello`.
@@ -75,7 +80,8 @@ pub enum CoordinatorMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         credential: Option<String>,
     },
-    /// Run this job.
+    /// Run this job. The only message that carries secret values
+    /// (`content.secretEnv`).
     RunJob { job: JobRequest },
     /// The coordinator stored the result of this job, so the agent may
     /// forget it.
@@ -99,7 +105,8 @@ pub enum CoordinatorMessage {
 /// The agent's record of one job, as `/script/peer/taskinfo` relays it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentJobRecord {
-    pub req: JobRequest,
+    /// The job's request with secret values redacted.
+    pub req: Redacted<JobRequest>,
     pub status: JobStatus,
     pub value: ResCmd,
 }

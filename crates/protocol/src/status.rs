@@ -15,7 +15,8 @@ pub enum JobStatus {
     Failed,
     Timeout,
     Canceled,
-    /// A validation hook or a policy rejected the job, so nothing ran.
+    /// A validation hook, a policy or the agent's `[allow]` policy rejected
+    /// the job, so nothing ran.
     Rejected,
     /// The peer stopped responding and the job's outcome is unknown.
     Lost,
@@ -112,6 +113,13 @@ pub enum Outcome {
     CanceledBeforeStart,
     /// A validation hook or policy rejected the job, so nothing ran.
     Rejected,
+    /// The agent's own `[allow]` policy forbids a value of the job (its
+    /// user, interpreter, working directory or timeout), so nothing ran.
+    DeniedByAgent,
+    /// The coordinator restarted before the job reached its peer, and the
+    /// job's secret environment values, which are kept in memory only, were
+    /// lost, so nothing ran.
+    SecretUnavailable,
     /// The run-as user does not exist on the peer.
     UserNotFound,
     /// The agent may not switch to the run-as user (it does not run as root).
@@ -145,6 +153,8 @@ impl Outcome {
             Outcome::Canceled => "canceled",
             Outcome::CanceledBeforeStart => "canceled_before_start",
             Outcome::Rejected => "rejected",
+            Outcome::DeniedByAgent => "denied_by_agent",
+            Outcome::SecretUnavailable => "secret_unavailable",
             Outcome::UserNotFound => "user_not_found",
             Outcome::UserNotPermitted => "user_not_permitted",
             Outcome::PathNotFound => "path_not_found",
@@ -165,7 +175,7 @@ impl Outcome {
             Outcome::Ok => JobStatus::Success,
             Outcome::Timeout => JobStatus::Timeout,
             Outcome::Canceled | Outcome::CanceledBeforeStart => JobStatus::Canceled,
-            Outcome::Rejected => JobStatus::Rejected,
+            Outcome::Rejected | Outcome::DeniedByAgent => JobStatus::Rejected,
             Outcome::Lost => JobStatus::Lost,
             Outcome::ExitNonzero
             | Outcome::UserNotFound
@@ -176,6 +186,7 @@ impl Outcome {
             | Outcome::HashMismatch
             | Outcome::SpawnFailed
             | Outcome::PeerOffline
+            | Outcome::SecretUnavailable
             | Outcome::AgentError => JobStatus::Failed,
         }
     }
@@ -221,5 +232,15 @@ mod tests {
         assert_eq!(text, "\"canceled_before_start\"");
         assert_eq!(serde_json::to_string(&Outcome::Unset).unwrap(), "\"\"");
         assert_eq!(Outcome::HashMismatch.as_str(), "hash_mismatch");
+    }
+
+    #[test]
+    fn new_outcomes_serialize_as_code() {
+        for outcome in [Outcome::DeniedByAgent, Outcome::SecretUnavailable] {
+            let text = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(text, format!("\"{}\"", outcome.as_str()));
+        }
+        assert_eq!(Outcome::DeniedByAgent.job_status(), JobStatus::Rejected);
+        assert_eq!(Outcome::SecretUnavailable.job_status(), JobStatus::Failed);
     }
 }

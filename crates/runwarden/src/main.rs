@@ -105,14 +105,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log targets whose trace-level events print WebSocket frames with their
+/// payloads (tungstenite 0.29 logs `Sending frame` and `Received message`).
+/// The agent link's `run_job` frames carry secret environment values, so
+/// these events are dropped whatever `RUST_LOG` requests.
+const FRAME_LOGGING_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
 fn init_tracing() {
+    use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let no_frame_payloads = tracing_subscriber::filter::filter_fn(|metadata| {
+        *metadata.level() != tracing::Level::TRACE || !is_frame_logging(metadata.target())
+    });
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_filter(filter)
+        .with_filter(no_frame_payloads);
+    tracing_subscriber::registry().with(output).init();
+}
+
+fn is_frame_logging(target: &str) -> bool {
+    FRAME_LOGGING_TARGETS.iter().any(|prefix| {
+        target
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 /// Why a command ended with an error.

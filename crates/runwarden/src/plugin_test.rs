@@ -48,6 +48,11 @@ pub struct PluginTestArgs {
     /// Instruction budget of the call; 0 means none.
     #[arg(long, default_value_t = 0)]
     fuel: u64,
+    /// Show the plugin the values of the request's `content.secretEnv`, as
+    /// `see_secrets = true` in a policy does. Without it, they are
+    /// `<redacted>`.
+    #[arg(long)]
+    see_secrets: bool,
 }
 
 pub async fn run(args: PluginTestArgs) -> Result<(), Failure> {
@@ -125,6 +130,7 @@ fn plugin_spec(args: &PluginTestArgs, hook: HookPoint) -> Result<PluginSpec, Fai
             HookPoint::PostProcess => OnError::Withhold,
         },
         read_only_dirs: Vec::new(),
+        see_secrets: args.see_secrets,
     })
 }
 
@@ -165,7 +171,7 @@ async fn run_validate(
     job: &JobRequest,
     peer_id: &str,
 ) -> Result<(), Failure> {
-    let request = convert::job_request_to_plugin(job, peer_id);
+    let request = convert::job_request_to_plugin(job, peer_id, plugin.spec.see_secrets);
     let (outcome, report) = plugin.validate(&request).await;
 
     match outcome {
@@ -173,7 +179,8 @@ async fn run_validate(
         Ok(Verdict::Deny(reason)) => println!("verdict: deny: {reason}"),
         Ok(Verdict::Modify(changed)) => {
             let changed = convert::apply_plugin_request(job, changed);
-            let text = serde_json::to_string_pretty(&changed.content).unwrap_or_default();
+            let text =
+                serde_json::to_string_pretty(&changed.content.redacted()).unwrap_or_default();
             println!("verdict: modify; the job would run with this content:\n{text}");
         }
         Err(message) => {
@@ -191,7 +198,7 @@ async fn run_post_process(
     peer_id: &str,
     res_cmd: &ResCmd,
 ) -> Result<(), Failure> {
-    let request = convert::job_request_to_plugin(job, peer_id);
+    let request = convert::job_request_to_plugin(job, peer_id, plugin.spec.see_secrets);
     let mut result = convert::res_cmd_to_plugin(res_cmd);
     let (outcome, report) = plugin.post_process(&request, &result).await;
 

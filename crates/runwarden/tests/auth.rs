@@ -722,3 +722,57 @@ async fn revoked_peer_can_enroll_again_with_a_new_token() {
 
     assert!(cluster.wait_online("peer-a", true).await);
 }
+
+#[tokio::test]
+async fn secret_value_stays_out_of_audit_and_store() {
+    let mut cluster = SecureCluster::start(|_| {}).await;
+    let enrollment = cluster.enrollment("peer-a").await;
+    let config = cluster.agent_config("peer-a", &enrollment);
+    cluster.start_agent("a", config).await;
+    assert!(cluster.wait_online("peer-a", true).await);
+    let secret = "audit-secret-7f3e91c2";
+
+    let task = json!({
+        "creater": "alice",
+        "peers": ["peer-a"],
+        "content": {
+            "content": "printf %s \"$API_KEY\" | wc -c",
+            "execWay": 0,
+            "secretEnv": { "API_KEY": secret }
+        }
+    });
+    let (status, body) = cluster
+        .call("POST", "/script/sync", Some(&cluster.admin), Some(task))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["list"][0]["resCmd"]["stdout"]
+            .as_str()
+            .unwrap()
+            .trim(),
+        secret.len().to_string()
+    );
+    let task_id = body["data"]["taskid"].as_str().unwrap().to_owned();
+
+    let entry = cluster.wait_audit("task.create", Some(&task_id)).await;
+    assert_eq!(
+        entry["request"]["content"]["secretEnv"]["API_KEY"], "<redacted>",
+        "{entry}"
+    );
+    let (_, audit) = cluster
+        .call("GET", "/audit?limit=1000", Some(&cluster.admin), None)
+        .await;
+    assert!(
+        !audit.to_string().contains(secret),
+        "the audit log holds the secret"
+    );
+
+    for entry in std::fs::read_dir(cluster.work_dir.path().join("coordinator")).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let found = bytes
+            .windows(secret.len())
+            .any(|window| window == secret.as_bytes());
+        assert!(!found, "{} holds the secret", path.display());
+    }
+}

@@ -128,7 +128,13 @@ fn start_coordinator(dir: &std::path::Path) -> (KillOnDrop, String) {
     drop(listener);
 
     let config = dir.join("coordinator.toml");
-    std::fs::write(&config, format!("listen = \"{address}\"\n")).unwrap();
+    // A data_dir of its own, so that no test touches the machine's default
+    // /var/lib/runwarden.
+    let text = format!(
+        "listen = \"{address}\"\ndata_dir = \"{}\"\n",
+        dir.join("coordinator-data").display()
+    );
+    std::fs::write(&config, text).unwrap();
     let child = Command::new(BINARY)
         .args(["coordinator", "--config"])
         .arg(&config)

@@ -134,8 +134,9 @@ fn bad_policy_fails_coordinator_start() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\npolicy = \"{}\"\n",
-            policy.display()
+            "listen = \"127.0.0.1:0\"\npolicy = \"{}\"\ndata_dir = \"{}\"\n",
+            policy.display(),
+            dir.path().join("data").display()
         ),
     )
     .unwrap();

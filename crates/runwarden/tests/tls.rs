@@ -585,7 +585,12 @@ fn enrolled_agent_runs_job_over_tls_with_tokens() {
 
     let (status, envelope) = api(&certs.ca(), &format!("{base_url}/peers"), None);
     assert_eq!(status, 401, "{envelope}");
-    let (status, envelope) = api_with_token(&certs.ca(), &format!("{base_url}/peers"), "rwt_000000000000_x", None);
+    let (status, envelope) = api_with_token(
+        &certs.ca(),
+        &format!("{base_url}/peers"),
+        "rwt_000000000000_x",
+        None,
+    );
     assert_eq!(status, 401, "{envelope}");
     assert_eq!(envelope["code"], 40102, "{envelope}");
 
@@ -605,7 +610,11 @@ fn enrolled_agent_runs_job_over_tls_with_tokens() {
         if online {
             break;
         }
-        assert!(Instant::now() < deadline, "agent not online:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "agent not online:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 

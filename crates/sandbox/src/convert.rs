@@ -1,14 +1,31 @@
 //! Conversions between the API's job and result types and the plugin
 //! interface's records.
 
+use std::collections::BTreeMap;
+
 use runwarden_protocol::api::{JobRequest as ApiJobRequest, ResCmd, ScriptContent};
 use runwarden_protocol::output::{decode_stream, encode_stream};
+use runwarden_protocol::secret::{REDACTED, SecretEnv};
 
 use crate::bindings::{JobRequest, JobResult, Processed};
 
-/// The plugin's view of a job on `peer_id`.
-pub fn job_request_to_plugin(job: &ApiJobRequest, peer_id: &str) -> JobRequest {
+/// Builds the plugin's view of a job on `peer_id`.
+///
+/// The plugin interface has one `env` list, so the secret variables
+/// (`content.secretEnv`) appear in it beside the plain ones, in name order.
+/// Their values are [`REDACTED`] unless `see_secrets` is true, which a
+/// plugin's policy entry grants.
+pub fn job_request_to_plugin(job: &ApiJobRequest, peer_id: &str, see_secrets: bool) -> JobRequest {
     let content = &job.content;
+    let mut env: BTreeMap<&str, &str> = content
+        .env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    for (name, value) in content.secret_env.iter() {
+        env.insert(name, if see_secrets { value } else { REDACTED });
+    }
+
     JobRequest {
         task_id: job.taskid.clone(),
         job_id: job.jobid.clone(),
@@ -17,10 +34,9 @@ pub fn job_request_to_plugin(job: &ApiJobRequest, peer_id: &str) -> JobRequest {
         peer_id: peer_id.to_owned(),
         path: content.path.clone(),
         cmd: content.cmd.clone(),
-        env: content
-            .env
-            .iter()
-            .map(|(name, value)| (name.clone(), value.clone()))
+        env: env
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
             .collect(),
         content: content.content.clone(),
         exec_way: content.exec_way,
@@ -34,7 +50,29 @@ pub fn job_request_to_plugin(job: &ApiJobRequest, peer_id: &str) -> JobRequest {
 
 /// Applies a plugin's changed request to `original`. The task, job and peer
 /// ids cannot change, so the plugin's values for them are ignored.
+///
+/// A returned variable whose name is a secret variable of `original` stays
+/// secret. If its value is [`REDACTED`], the plugin did not change it, so the
+/// original value is kept. A secret variable the plugin left out is removed.
+/// Every other variable goes to `env`.
 pub fn apply_plugin_request(original: &ApiJobRequest, changed: JobRequest) -> ApiJobRequest {
+    let secrets = &original.content.secret_env;
+    let mut env = BTreeMap::new();
+    let mut secret_env = SecretEnv::new();
+    for (name, value) in changed.env {
+        match secrets.get(&name) {
+            Some(kept) if value == REDACTED => {
+                secret_env.insert(name, kept);
+            }
+            Some(_) => {
+                secret_env.insert(name, value);
+            }
+            None => {
+                env.insert(name, value);
+            }
+        }
+    }
+
     ApiJobRequest {
         taskid: original.taskid.clone(),
         jobid: original.jobid.clone(),
@@ -43,7 +81,8 @@ pub fn apply_plugin_request(original: &ApiJobRequest, changed: JobRequest) -> Ap
         content: ScriptContent {
             path: changed.path,
             cmd: changed.cmd,
-            env: changed.env.into_iter().collect(),
+            env,
+            secret_env,
             content: changed.content,
             exec_way: changed.exec_way,
             filehash: changed.filehash,
@@ -118,4 +157,91 @@ pub fn write_back(res_cmd: &mut ResCmd, result: &JobResult) {
     res_cmd.stderr = stderr;
     res_cmd.stderr_base64 = stderr_base64;
     res_cmd.res = result.res.clone();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_with_secret() -> ApiJobRequest {
+        let mut content = ScriptContent {
+            content: "true".into(),
+            timeout: 60,
+            ..ScriptContent::default()
+        };
+        content.env.insert("PLAIN".into(), "visible".into());
+        content.secret_env.insert("TOKEN", "hunter2-value");
+        ApiJobRequest {
+            taskid: "t".into(),
+            jobid: "j".into(),
+            name: String::new(),
+            creater: String::new(),
+            content,
+        }
+    }
+
+    fn env_of(request: &JobRequest) -> BTreeMap<String, String> {
+        request.env.iter().cloned().collect()
+    }
+
+    #[test]
+    fn plugin_sees_redacted_secret_by_default() {
+        let view = job_request_to_plugin(&job_with_secret(), "p1", false);
+
+        let env = env_of(&view);
+        assert_eq!(env["TOKEN"], REDACTED);
+        assert_eq!(env["PLAIN"], "visible");
+        assert!(!format!("{view:?}").contains("hunter2-value"));
+    }
+
+    #[test]
+    fn plugin_with_see_secrets_sees_value() {
+        let view = job_request_to_plugin(&job_with_secret(), "p1", true);
+
+        assert_eq!(env_of(&view)["TOKEN"], "hunter2-value");
+    }
+
+    #[test]
+    fn redacted_value_returned_keeps_secret() {
+        let original = job_with_secret();
+        let mut view = job_request_to_plugin(&original, "p1", false);
+        view.user = "deploy".into();
+
+        let applied = apply_plugin_request(&original, view);
+
+        assert_eq!(
+            applied.content.secret_env.get("TOKEN"),
+            Some("hunter2-value")
+        );
+        assert_eq!(applied.content.env["PLAIN"], "visible");
+        assert!(!applied.content.env.contains_key("TOKEN"));
+        assert_eq!(applied.content.user, "deploy");
+    }
+
+    #[test]
+    fn changed_secret_stays_secret() {
+        let original = job_with_secret();
+        let mut view = job_request_to_plugin(&original, "p1", true);
+        for (name, value) in &mut view.env {
+            if name == "TOKEN" {
+                *value = "rotated".into();
+            }
+        }
+
+        let applied = apply_plugin_request(&original, view);
+
+        assert_eq!(applied.content.secret_env.get("TOKEN"), Some("rotated"));
+        assert!(!applied.content.env.contains_key("TOKEN"));
+    }
+
+    #[test]
+    fn secret_left_out_is_removed() {
+        let original = job_with_secret();
+        let mut view = job_request_to_plugin(&original, "p1", false);
+        view.env.retain(|(name, _)| name != "TOKEN");
+
+        let applied = apply_plugin_request(&original, view);
+
+        assert!(applied.content.secret_env.is_empty());
+    }
 }

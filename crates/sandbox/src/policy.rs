@@ -14,6 +14,7 @@
 //! fuel = 0
 //! on_error = "deny"
 //! read_only_dirs = []
+//! see_secrets = false
 //!
 //! [[post_process]]
 //! name = "redact-secrets"
@@ -22,9 +23,10 @@
 //! on_error = "withhold"
 //! ```
 //!
-//! Defaults, the restrictive ones first: no folders readable, no fuel
-//! budget, 16 MiB of memory, 100 ms per call, and failures that deny
-//! (validate) or withhold output (post-process).
+//! Defaults, the restrictive ones first: no folders readable, secret
+//! environment values shown as `<redacted>`, no fuel budget, 16 MiB of
+//! memory, 100 ms per call, and failures that deny (validate) or withhold
+//! output (post-process).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -101,6 +103,9 @@ pub struct PluginSpec {
     pub fuel: Option<u64>,
     pub on_error: OnError,
     pub read_only_dirs: Vec<PathBuf>,
+    /// True when the plugin gets the values of `content.secretEnv`. False
+    /// replaces each value by `<redacted>`.
+    pub see_secrets: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +131,8 @@ struct PluginEntry {
     on_error: Option<OnError>,
     #[serde(default)]
     read_only_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    see_secrets: bool,
 }
 
 /// A policy file that cannot be used. The message lists every problem found.
@@ -290,6 +297,7 @@ fn check_entry(
         fuel: entry.fuel.filter(|fuel| *fuel > 0),
         on_error,
         read_only_dirs,
+        see_secrets: entry.see_secrets,
     })
 }
 
@@ -339,8 +347,22 @@ mod tests {
         assert_eq!(spec.max_memory_bytes, DEFAULT_MAX_MEMORY_BYTES);
         assert_eq!(spec.fuel, None);
         assert!(spec.read_only_dirs.is_empty());
+        assert!(!spec.see_secrets);
         assert_eq!(spec.config, "{}");
         assert_eq!(spec.sha256, "a".repeat(64));
+    }
+
+    #[test]
+    fn see_secrets_is_read_per_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"\0asm").unwrap();
+        let pin = "0".repeat(64);
+        let text = format!(
+            "[[validate]]\nname = \"a\"\npath = \"p.wasm\"\nsha256 = \"{pin}\"\nsee_secrets = true\n\n[[validate]]\nname = \"b\"\npath = \"p.wasm\"\nsha256 = \"{pin}\"\n"
+        );
+        let policy = Policy::from_toml(&text, dir.path()).unwrap();
+        assert!(policy.validate[0].see_secrets);
+        assert!(!policy.validate[1].see_secrets);
     }
 
     #[test]

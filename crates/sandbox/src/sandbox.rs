@@ -143,13 +143,16 @@ impl Sandbox {
     }
 
     /// Runs the validate chain for a job on `peer_id`. Each plugin sees the
-    /// request as the previous one left it.
+    /// request as the previous one left it, with secret values redacted
+    /// unless its policy entry sets `see_secrets`.
     pub async fn validate(&self, job: &ApiJobRequest, peer_id: &str) -> ValidateOutcome {
-        let mut request = convert::job_request_to_plugin(job, peer_id);
+        let mut current = job.clone();
         let mut changed_by = Vec::new();
 
         for plugin in &self.validate {
             let name = plugin.spec.name.clone();
+            let request =
+                convert::job_request_to_plugin(&current, peer_id, plugin.spec.see_secrets);
             let _slot = self.slots.acquire().await;
             let (outcome, report) = plugin.validate(&request).await;
             tracing::debug!(plugin = %name, job_id = %job.jobid, elapsed_us = report.elapsed.as_micros() as u64, "validate hook ran");
@@ -166,7 +169,7 @@ impl Sandbox {
                 }
                 Ok(Verdict::Modify(changed)) => match convert::check_plugin_request(&changed) {
                     Ok(()) => {
-                        request = changed;
+                        current = convert::apply_plugin_request(&current, changed);
                         changed_by.push(name);
                         continue;
                     }
@@ -187,7 +190,7 @@ impl Sandbox {
         }
 
         ValidateOutcome::Allow {
-            request: Box::new(convert::apply_plugin_request(job, request)),
+            request: Box::new(current),
             changed_by,
         }
     }
@@ -205,13 +208,19 @@ impl Sandbox {
         if self.post_process.is_empty() {
             return;
         }
-        let request = convert::job_request_to_plugin(job, peer_id);
+        let redacted_view = convert::job_request_to_plugin(job, peer_id, false);
+        let full_view = convert::job_request_to_plugin(job, peer_id, true);
         let mut result = convert::res_cmd_to_plugin(res_cmd);
 
         for plugin in &self.post_process {
             let name = plugin.spec.name.clone();
+            let request = if plugin.spec.see_secrets {
+                &full_view
+            } else {
+                &redacted_view
+            };
             let _slot = self.slots.acquire().await;
-            let (outcome, report) = plugin.post_process(&request, &result).await;
+            let (outcome, report) = plugin.post_process(request, &result).await;
             tracing::debug!(plugin = %name, job_id = %job.jobid, elapsed_us = report.elapsed.as_micros() as u64, "post-process hook ran");
 
             let failure = match outcome {

@@ -132,6 +132,44 @@ async fn changed_ids_are_ignored() {
     }
 }
 
+/// `modify-ids` returns the request it saw with other ids, so the secret
+/// variable comes back as the plugin saw it: `<redacted>` or the value.
+/// Either way the job keeps its secret value, and it stays out of `env`.
+#[tokio::test]
+async fn modify_keeps_secret_value() {
+    for see_secrets in [false, true] {
+        let cache = cache_dir();
+        let mut spec = hostile("modify-ids");
+        spec.see_secrets = see_secrets;
+        let sandbox = load(vec![spec], cache.path()).await.unwrap();
+        let mut request = job("true");
+        request
+            .content
+            .secret_env
+            .insert("TOKEN", "kept-secret-value");
+
+        let outcome = sandbox.validate(&request, "p1").await;
+
+        let ValidateOutcome::Allow {
+            request,
+            changed_by,
+        } = outcome
+        else {
+            panic!("see_secrets={see_secrets}: denied: {outcome:?}");
+        };
+        assert_eq!(changed_by, ["hostile"], "see_secrets={see_secrets}");
+        assert_eq!(
+            request.content.secret_env.get("TOKEN"),
+            Some("kept-secret-value"),
+            "see_secrets={see_secrets}"
+        );
+        assert!(
+            !request.content.env.contains_key("TOKEN"),
+            "see_secrets={see_secrets}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn failure_allows_when_policy_says_so() {
     let cache = cache_dir();

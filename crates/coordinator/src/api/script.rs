@@ -72,9 +72,10 @@ async fn create_audited_task(
     created
 }
 
-/// The request as the audit log keeps it.
+/// The request as the audit log keeps it, with secret values replaced.
 fn audit_view(request: &ScriptRequest) -> serde_json::Value {
-    serde_json::to_value(request).unwrap_or(serde_json::Value::Null)
+    let redacted = runwarden_protocol::secret::Redacted::new(request.clone());
+    serde_json::to_value(redacted).unwrap_or(serde_json::Value::Null)
 }
 
 pub async fn task_info(

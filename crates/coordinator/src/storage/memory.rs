@@ -293,7 +293,7 @@ mod tests {
             name: String::new(),
             creater: String::new(),
             created_at: SystemTime::now(),
-            content: ScriptContent::default(),
+            content: runwarden_protocol::secret::Redacted::new(ScriptContent::default()),
             jobs: vec![JobRecord {
                 job_id: "j1".into(),
                 task_id: "t1".into(),

@@ -4,7 +4,9 @@
 //! is on disk when its method returns: a client that got a task id, or an
 //! agent whose result was acknowledged, never loses it to a crash. Requests,
 //! results and script bodies are stored as JSON text in their columns, so
-//! the schema does not change when the API adds a field.
+//! the schema does not change when the API adds a field. Requests are
+//! written and read as [`Redacted`] values, so their secret environment
+//! values are `<redacted>` in the file.
 //!
 //! All calls share one connection behind a mutex and run on tokio's
 //! blocking threads. SQLite serializes writers anyway, and reads are short.
@@ -15,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use runwarden_protocol::api::{ScriptContent, StoredScript, StoredScriptInfo};
+use runwarden_protocol::secret::Redacted;
 use runwarden_protocol::status::JobStatus;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -289,7 +292,8 @@ impl Storage for SqliteStorage {
             let Some((name, creater, created_ms, content)) = header else {
                 return Ok(None);
             };
-            let content: ScriptContent = serde_json::from_str(&content).map_err(json_error(OP))?;
+            let content: Redacted<ScriptContent> =
+                serde_json::from_str(&content).map_err(json_error(OP))?;
             let jobs = select_jobs(
                 connection,
                 OP,
@@ -608,10 +612,10 @@ mod tests {
             name: "n".into(),
             creater: "c".into(),
             created_at,
-            content: ScriptContent {
+            content: Redacted::new(ScriptContent {
                 content: "echo ò".into(),
                 ..ScriptContent::default()
-            },
+            }),
             jobs: vec![JobRecord {
                 job_id: format!("{task_id}-job"),
                 task_id: task_id.into(),

@@ -50,8 +50,12 @@ pub fn free_address() -> SocketAddr {
     listener.local_addr().expect("read the bound address")
 }
 
-/// Starts the binary with `args`, appending its standard error to `log`.
-fn spawn_logged(args: &[&str], config: &Path, log: &Path) -> Child {
+/// Log filter (`RUST_LOG`) of processes started without one of their own.
+const DEFAULT_LOG_FILTER: &str = "info";
+
+/// Starts the binary with `args`, appending its standard error to `log`,
+/// with `log_filter` as `RUST_LOG`.
+fn spawn_logged(args: &[&str], config: &Path, log: &Path, log_filter: &str) -> Child {
     let log_file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -61,7 +65,7 @@ fn spawn_logged(args: &[&str], config: &Path, log: &Path) -> Child {
         .args(args)
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -83,13 +87,19 @@ struct Managed {
     args: Vec<&'static str>,
     config: PathBuf,
     log: PathBuf,
+    log_filter: String,
     child: Option<Child>,
 }
 
 impl Managed {
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        self.child = Some(spawn_logged(&self.args, &self.config, &self.log));
+        self.child = Some(spawn_logged(
+            &self.args,
+            &self.config,
+            &self.log,
+            &self.log_filter,
+        ));
     }
 
     fn pid(&self) -> Pid {
@@ -160,6 +170,12 @@ impl CoordinatorProcess {
     /// a `data_dir` under `dir` and the TOML lines in `options`, then starts
     /// the coordinator and waits until it listens.
     pub fn start(dir: &Path, options: &str) -> CoordinatorProcess {
+        CoordinatorProcess::start_logged(dir, options, DEFAULT_LOG_FILTER)
+    }
+
+    /// Like [`CoordinatorProcess::start`], with `log_filter` as `RUST_LOG`
+    /// for this run and every restart.
+    pub fn start_logged(dir: &Path, options: &str, log_filter: &str) -> CoordinatorProcess {
         let address = free_address();
         let data_dir = dir.join("coordinator-data");
         let config = dir.join("coordinator.toml");
@@ -177,6 +193,7 @@ impl CoordinatorProcess {
                 args: vec!["coordinator"],
                 config,
                 log: dir.join("coordinator.log"),
+                log_filter: log_filter.to_owned(),
                 child: None,
             },
         };
@@ -219,6 +236,16 @@ impl CoordinatorProcess {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
+    /// Returns the coordinator's `data_dir`, which contains its database
+    /// files.
+    pub fn data_dir(&self) -> PathBuf {
+        self.process
+            .config
+            .parent()
+            .expect("the config is in the test's folder")
+            .join("coordinator-data")
+    }
+
     /// Counts how many times the coordinator logged that it stored a final
     /// result for `job_id`, over all its runs.
     pub fn results_stored(log: &str, job_id: &str) -> usize {
@@ -242,6 +269,18 @@ impl AgentProcess {
     /// and redials at least once a second, and `options` adds TOML lines.
     /// Call [`Api::wait_online`] to wait until it is connected.
     pub fn start(dir: &Path, peer_id: &str, coordinator_url: &str, options: &str) -> AgentProcess {
+        AgentProcess::start_logged(dir, peer_id, coordinator_url, options, DEFAULT_LOG_FILTER)
+    }
+
+    /// Like [`AgentProcess::start`], with `log_filter` as `RUST_LOG` for this
+    /// run and every restart.
+    pub fn start_logged(
+        dir: &Path,
+        peer_id: &str,
+        coordinator_url: &str,
+        options: &str,
+        log_filter: &str,
+    ) -> AgentProcess {
         let data_dir = dir.join(format!("agent-{peer_id}"));
         let scripts_dir = data_dir.join("scripts");
         std::fs::create_dir_all(&scripts_dir).expect("create the agent's scripts folder");
@@ -261,6 +300,7 @@ impl AgentProcess {
                 args: vec!["agent"],
                 config,
                 log: dir.join(format!("agent-{peer_id}.log")),
+                log_filter: log_filter.to_owned(),
                 child: None,
             },
         };

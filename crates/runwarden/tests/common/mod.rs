@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runwarden_agent::RunningAgent;
-use runwarden_agent::config::AgentConfig;
+use runwarden_agent::config::{AgentConfig, AllowPolicy};
 use runwarden_coordinator::config::CoordinatorConfig;
 use runwarden_coordinator::server::RunningCoordinator;
 use runwarden_coordinator::storage::memory::MemoryStorage;
@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub policy: Option<PathBuf>,
     pub delivery_timeout_secs: u64,
     pub lost_after_secs: u64,
+    /// The `[allow]` policy of every agent.
+    pub agent_allow: AllowPolicy,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +56,7 @@ impl Default for ClusterOptions {
             policy: None,
             delivery_timeout_secs: 60,
             lost_after_secs: 300,
+            agent_allow: AllowPolicy::default(),
         }
     }
 }
@@ -124,6 +127,7 @@ impl Cluster {
             drain_timeout_ms: 500,
             shutdown_grace_secs: 0,
             policy: self.options.policy.clone(),
+            allow: self.options.agent_allow.clone(),
             ..AgentConfig::default()
         };
         let agent = RunningAgent::start(config).await.expect("start agent");

@@ -27,6 +27,7 @@ pub fn spec(name: &str, hook: HookPoint, config: serde_json::Value) -> PluginSpe
             HookPoint::PostProcess => OnError::Withhold,
         },
         read_only_dirs: Vec::new(),
+        see_secrets: false,
     }
 }
 
