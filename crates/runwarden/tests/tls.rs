@@ -635,3 +635,213 @@ fn enrolled_agent_runs_job_over_tls_with_tokens() {
     );
     assert!(agent.data_dir.join("credential").exists());
 }
+
+/// Calls the API over HTTPS with any method, an optional token and an
+/// optional raw body.
+fn https_call(
+    ca: &Path,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let ca = ca.display().to_string();
+    let header = token.map(|token| format!("Authorization: Bearer {token}"));
+    let mut args = vec!["--cacert", ca.as_str(), "-X", method];
+    if let Some(header) = &header {
+        args.extend(["-H", header.as_str()]);
+    }
+    if let Some(body) = body {
+        args.extend([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    args.push(url);
+
+    let (status, text) = curl(&args);
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{url} responded {status} with non-JSON ({error}): {text}"));
+    (status, value)
+}
+
+#[test]
+fn token_rejections_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), "certs", &[]);
+    let options = format!(
+        "max_body_bytes = 4096\nmax_script_bytes = 2048\nmax_tasks_per_minute = 1\n{}[auth]\nenabled = true\n",
+        certs.tls_table()
+    );
+    let coordinator = CoordinatorProcess::start(dir.path(), &options);
+    let base = https_url(&coordinator);
+    let ca = certs.ca();
+    let admin = token_command(dir.path(), &["create", "--name", "ops", "--scope", "admin"]);
+    let reader = token_command(
+        dir.path(),
+        &["create", "--name", "viewer", "--scope", "read"],
+    );
+    let runner = token_command(
+        dir.path(),
+        &["create", "--name", "runner", "--scope", "run"],
+    );
+    let short = token_command(
+        dir.path(),
+        &[
+            "create", "--name", "short", "--scope", "admin", "--ttl", "1s",
+        ],
+    );
+    let revoked = token_command(
+        dir.path(),
+        &["create", "--name", "gone", "--scope", "admin"],
+    );
+    token_command(dir.path(), &["revoke", "--name", "gone"]);
+    let peers = format!("{base}/peers");
+    let task = r#"{"peers":["nobody"],"content":{"content":"true","execWay":0}}"#;
+
+    let (status, body) = https_call(&ca, "GET", &peers, None, None);
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (401, Some(40101)),
+        "missing: {body}"
+    );
+    let (status, body) = https_call(&ca, "GET", &peers, Some("rwt_0123456789ab_wrong"), None);
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (401, Some(40102)),
+        "wrong: {body}"
+    );
+    let (status, body) = https_call(&ca, "GET", &peers, Some(&revoked), None);
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (401, Some(40104)),
+        "revoked: {body}"
+    );
+    let (status, body) = https_call(
+        &ca,
+        "POST",
+        &format!("{base}/script/async"),
+        Some(&reader),
+        Some(task),
+    );
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (403, Some(40301)),
+        "under-scoped: {body}"
+    );
+    let (status, body) = https_call(&ca, "GET", &peers, Some(&reader), None);
+    assert_eq!(status, 200, "read token: {body}");
+
+    let oversized = format!(
+        r#"{{"peers":["nobody"],"content":{{"content":"{}","execWay":0}}}}"#,
+        "x".repeat(8192)
+    );
+    let (status, body) = https_call(
+        &ca,
+        "POST",
+        &format!("{base}/script/async"),
+        Some(&admin),
+        Some(&oversized),
+    );
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (413, Some(41301)),
+        "oversized: {body}"
+    );
+
+    let (status, body) = https_call(
+        &ca,
+        "POST",
+        &format!("{base}/script/async"),
+        Some(&runner),
+        Some(task),
+    );
+    assert_eq!(status, 404, "first task of the minute: {body}");
+    let (status, body) = https_call(
+        &ca,
+        "POST",
+        &format!("{base}/script/async"),
+        Some(&runner),
+        Some(task),
+    );
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (429, Some(42901)),
+        "rate limit: {body}"
+    );
+
+    // The token was made with a 1 s lifetime; wait until it is past.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, body) = https_call(&ca, "GET", &peers, Some(&short), None);
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (401, Some(40103)),
+        "expired: {body}"
+    );
+}
+
+#[test]
+fn spoofed_peer_id_is_rejected_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), "certs", &[]);
+    let options = format!("{}[auth]\nenabled = true\n", certs.tls_table());
+    let coordinator = CoordinatorProcess::start(dir.path(), &options);
+    let base = https_url(&coordinator);
+    let ca = certs.ca();
+    let admin = token_command(dir.path(), &["create", "--name", "ops", "--scope", "admin"]);
+    let enrollment = token_command(dir.path(), &["enroll", "--peer", "genuine"]);
+
+    let genuine_options = format!(
+        "tls_ca_file = \"{}\"\nenrollment_token = \"{enrollment}\"",
+        ca.display()
+    );
+    let mut genuine = AgentProcess::start(dir.path(), "genuine", &base, &genuine_options);
+    let credential = genuine.data_dir.join("credential");
+    let deadline = Instant::now() + LIMIT;
+    while !credential.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not enroll:\n{}",
+            genuine.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    genuine.stop();
+
+    let spoofer_options = format!(
+        "tls_ca_file = \"{}\"\ncredential_file = \"{}\"",
+        ca.display(),
+        credential.display()
+    );
+    let spoofer = AgentProcess::start(dir.path(), "impostor", &base, &spoofer_options);
+    let audit_url = format!("{base}/audit?action=agent.denied");
+    let deadline = Instant::now() + LIMIT;
+    let denial = loop {
+        let (_, body) = https_call(&ca, "GET", &audit_url, Some(&admin), None);
+        if let Some(entry) = body["data"]["list"]
+            .as_array()
+            .and_then(|list| list.first())
+            .cloned()
+        {
+            break entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agent.denied entry:\n{}",
+            spoofer.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(denial["outcome"], "credential_for_other_peer", "{denial}");
+    assert_eq!(denial["target"], "impostor", "{denial}");
+    let (_, body) = https_call(&ca, "GET", &format!("{base}/peers"), Some(&admin), None);
+    let online: Vec<&Value> = body["data"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|peer| peer["online"] == true)
+        .collect();
+    assert!(online.is_empty(), "{body}");
+}
