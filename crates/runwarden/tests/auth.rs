@@ -329,10 +329,7 @@ async fn oversized_body_is_rejected_for_a_valid_token() {
 async fn audit_log_records_who_did_what() {
     let mut cluster = SecureCluster::start(|_| {}).await;
     let runner = cluster.token("runner", "run").await;
-    let enrollment = cluster.enrollment("peer-a").await;
-    let config = cluster.agent_config("peer-a", &enrollment);
-    cluster.start_agent("a", config).await;
-    assert!(cluster.wait_online("peer-a", true).await);
+    cluster.start_enrolled_agent("peer-a").await;
 
     let (status, body) = cluster
         .call(
@@ -673,10 +670,7 @@ async fn api_token_does_not_open_an_agent_link() {
 #[tokio::test]
 async fn revoking_a_peer_cuts_its_connection() {
     let mut cluster = SecureCluster::start(|_| {}).await;
-    let enrollment = cluster.enrollment("peer-a").await;
-    let config = cluster.agent_config("peer-a", &enrollment);
-    cluster.start_agent("a", config).await;
-    assert!(cluster.wait_online("peer-a", true).await);
+    cluster.start_enrolled_agent("peer-a").await;
 
     let (status, body) = cluster
         .call("POST", "/peers/peer-a/revoke", Some(&cluster.admin), None)
@@ -726,10 +720,7 @@ async fn revoked_peer_can_enroll_again_with_a_new_token() {
 #[tokio::test]
 async fn secret_value_stays_out_of_audit_and_store() {
     let mut cluster = SecureCluster::start(|_| {}).await;
-    let enrollment = cluster.enrollment("peer-a").await;
-    let config = cluster.agent_config("peer-a", &enrollment);
-    cluster.start_agent("a", config).await;
-    assert!(cluster.wait_online("peer-a", true).await);
+    cluster.start_enrolled_agent("peer-a").await;
     let secret = "audit-secret-7f3e91c2";
 
     let task = json!({

@@ -131,20 +131,12 @@ fn curl(args: &[&str]) -> (u16, String) {
     (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-/// Calls the REST API over HTTPS, trusting only `ca`, and parses the body.
+/// Calls the REST API over HTTPS, trusting only `ca`, and parses the body:
+/// a POST of `body`, or a GET without one.
 fn api(ca: &Path, url: &str, body: Option<&Value>) -> (u16, Value) {
-    let ca = ca.display().to_string();
-    let mut args = vec!["--cacert", ca.as_str()];
     let body_text = body.map(Value::to_string);
-    if let Some(body_text) = &body_text {
-        args.extend(["-H", "Content-Type: application/json", "-d", body_text]);
-    }
-    args.push(url);
-
-    let (status, text) = curl(&args);
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|error| panic!("{url} responded {status} with non-JSON ({error}): {text}"));
-    (status, value)
+    let method = if body.is_some() { "POST" } else { "GET" };
+    https_call(ca, method, url, None, body_text.as_deref())
 }
 
 fn is_online(ca: &Path, base_url: &str, peer_id: &str) -> bool {
@@ -556,21 +548,12 @@ fn token_command(dir: &Path, args: &[&str]) -> String {
     finished.stdout.trim().to_owned()
 }
 
-/// Calls the REST API over HTTPS with a bearer token.
+/// Calls the REST API over HTTPS with a bearer token: a POST of `body`,
+/// or a GET without one.
 fn api_with_token(ca: &Path, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let ca = ca.display().to_string();
-    let header = format!("Authorization: Bearer {token}");
-    let mut args = vec!["--cacert", ca.as_str(), "-H", header.as_str()];
     let body_text = body.map(Value::to_string);
-    if let Some(body_text) = &body_text {
-        args.extend(["-H", "Content-Type: application/json", "-d", body_text]);
-    }
-    args.push(url);
-
-    let (status, text) = curl(&args);
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|error| panic!("{url} responded {status} with non-JSON ({error}): {text}"));
-    (status, value)
+    let method = if body.is_some() { "POST" } else { "GET" };
+    https_call(ca, method, url, Some(token), body_text.as_deref())
 }
 
 #[test]

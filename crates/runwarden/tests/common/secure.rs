@@ -168,6 +168,19 @@ impl SecureCluster {
         self.agents.insert(name.to_owned(), agent);
     }
 
+    /// Enrolls an agent as `peer_id` with a new enrollment token, starts it
+    /// under the name `peer_id`, and waits until it is online.
+    pub async fn start_enrolled_agent(&mut self, peer_id: &str) -> AgentConfig {
+        let enrollment = self.enrollment(peer_id).await;
+        let config = self.agent_config(peer_id, &enrollment);
+        self.start_agent(peer_id, config.clone()).await;
+        assert!(
+            self.wait_online(peer_id, true).await,
+            "{peer_id} did not come online"
+        );
+        config
+    }
+
     pub async fn stop_agent(&mut self, name: &str) {
         if let Some(agent) = self.agents.remove(name) {
             agent.stop().await;
