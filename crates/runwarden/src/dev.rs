@@ -34,7 +34,7 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> Result<(), Failure> {
     if !args.listen.ip().is_loopback() {
         return Err(Failure::Config(anyhow::anyhow!(
-            "dev mode listens on loopback only, because it has no authentication; use --listen 127.0.0.1:PORT, or run `runwarden coordinator` for other addresses"
+            "dev mode listens on loopback only, because it has no authentication; use --listen 127.0.0.1:PORT, or run `runwarden coordinator` with [auth] enabled for other addresses"
         )));
     }
 
