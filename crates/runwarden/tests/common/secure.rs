@@ -250,6 +250,16 @@ impl SecureCluster {
     }
 }
 
+/// Returns the secret part of a token `rw?_<id>_<secret>`. The secret is
+/// base64url, so it may itself contain `_`.
+pub fn token_secret(token: &str) -> &str {
+    token
+        .trim()
+        .splitn(3, '_')
+        .nth(2)
+        .expect("a token has three parts")
+}
+
 impl Drop for SecureCluster {
     fn drop(&mut self) {
         self.agents.clear();
