@@ -206,8 +206,12 @@ impl Link {
 
             match dialed {
                 Ok(socket) => {
-                    backoff = Duration::from_millis(200);
-                    self.serve(socket).await;
+                    // Only a welcomed connection resets the backoff, so that
+                    // an agent the coordinator rejects after the upgrade
+                    // (wrong peer id, used enrollment token) backs off too.
+                    if self.serve(socket).await {
+                        backoff = Duration::from_millis(200);
+                    }
                 }
                 Err(DialError::Tls(error)) if error.needs_operator() => {
                     error!(%error, url = %self.url, "TLS handshake with the coordinator failed");
@@ -217,7 +221,7 @@ impl Link {
                         .ok()
                         .and_then(|body| body["message"].as_str().map(str::to_owned))
                         .unwrap_or(body);
-                    error!(message, url = %self.url, "coordinator rejected this agent's token; set enrollment_token to a new enrollment token (and delete a revoked credential_file), then the agent dials again");
+                    error!(reason = %message, url = %self.url, "coordinator rejected this agent's token; set enrollment_token to a new enrollment token (and delete a revoked credential_file) and restart the agent");
                 }
                 Err(error) => warn!(%error, url = %self.url, "failed to reach coordinator"),
             }
@@ -313,7 +317,10 @@ impl Link {
         Ok(socket)
     }
 
-    async fn serve(&mut self, socket: LinkSocket) {
+    /// Serves one connection until it ends. Returns true when the
+    /// coordinator welcomed the agent, false when it rejected it or the
+    /// connection failed before that.
+    async fn serve(&mut self, socket: LinkSocket) -> bool {
         let (mut sink, mut stream) = socket.split();
 
         let hello = AgentMessage::Hello {
@@ -323,7 +330,7 @@ impl Link {
             active_jobs: self.jobs.active_job_ids(),
         };
         if send(&mut sink, &hello).await.is_err() {
-            return;
+            return false;
         }
         match tokio::time::timeout(WELCOME_TIMEOUT, stream.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
@@ -333,7 +340,7 @@ impl Link {
                     warn!(
                         "coordinator replied to hello with a message other than welcome; dialing again"
                     );
-                    return;
+                    return false;
                 };
                 if let Some(credential) = credential {
                     if let Err(error) = self.credentials.save(&credential) {
@@ -341,7 +348,7 @@ impl Link {
                             error = format!("{error:#}"),
                             "enrolled, but failed to store the new credential; the enrollment token is used up, so fix the file's folder and ask an admin to revoke this peer and issue a new enrollment token"
                         );
-                        return;
+                        return false;
                     }
                     info!(path = %self.credentials.path.display(), "enrolled with the coordinator; credential stored");
                 }
@@ -354,18 +361,18 @@ impl Link {
                     reason,
                     "coordinator rejected this agent; fix the cause and it dials again"
                 );
-                return;
+                return false;
             }
             other => {
                 warn!(?other, "coordinator did not welcome this agent");
-                return;
+                return false;
             }
         }
         info!(peer_id = %self.peer_id, "connected to coordinator");
 
         for result in self.jobs.unacked_results() {
             if send(&mut sink, &result).await.is_err() {
-                return;
+                return true;
             }
         }
 
@@ -406,6 +413,7 @@ impl Link {
             }
         }
         warn!("disconnected from coordinator");
+        true
     }
 
     fn handle(&self, text: &str) {

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+
 use anyhow::Context as _;
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
@@ -222,7 +224,13 @@ pub fn open_storage(config: &CoordinatorConfig) -> anyhow::Result<Arc<dyn Storag
             Ok(Arc::new(MemoryStorage::new()))
         }
         StorageKind::Sqlite => {
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            // A new data_dir is readable by the coordinator's user only: the
+            // database holds job output, token hashes and the audit log.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&config.data_dir)
+                .with_context(|| {
                 format!(
                     "failed to create the coordinator's data_dir `{}`; create it or change data_dir",
                     config.data_dir.display()
@@ -230,6 +238,11 @@ pub fn open_storage(config: &CoordinatorConfig) -> anyhow::Result<Arc<dyn Storag
             })?;
             let path = config.database_path();
             let storage = SqliteStorage::open(&path)?;
+            // SQLite creates the -wal and -shm files with the database
+            // file's mode, so this covers them too.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).with_context(
+                || format!("failed to make `{}` private to its owner", path.display()),
+            )?;
             info!(database = %path.display(), "storage opened");
             Ok(Arc::new(storage))
         }

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use runwarden_coordinator::auth::Caller;
 use runwarden_coordinator::auth::token::Scope;
 use runwarden_coordinator::auth::{self, IssueError};
 use runwarden_coordinator::config::{CoordinatorConfig, StorageKind};
 use runwarden_coordinator::server::open_storage;
+use runwarden_coordinator::storage::{AuditRecord, Storage};
 
 use crate::Failure;
 
@@ -97,6 +99,19 @@ fn open(
     Ok(open_storage(&config)?)
 }
 
+/// Appends an audit entry for a change made by this command. The caller has
+/// no token and no address, so the entry's source is `cli`.
+async fn audit(storage: &dyn Storage, action: &str, target: &str, request: serde_json::Value) {
+    let caller = Caller {
+        token: String::new(),
+        source: "cli".to_owned(),
+    };
+    let entry = AuditRecord::new(&caller, action)
+        .target(target)
+        .request(request);
+    runwarden_coordinator::audit::record(storage, entry).await;
+}
+
 fn issue_failure(error: IssueError) -> Failure {
     match error {
         IssueError::Access(error) => Failure::Config(anyhow::anyhow!(
@@ -122,6 +137,9 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
     let (record, token) = auth::create_api_token(storage.as_ref(), &args.name, scope, ttl_secs)
         .await
         .map_err(issue_failure)?;
+    let request =
+        serde_json::json!({ "name": args.name, "scope": scope.as_str(), "ttlSecs": ttl_secs });
+    audit(storage.as_ref(), "token.create", &record.name, request).await;
 
     eprintln!(
         "created token `{}` with scope {}{}; it is shown only now:",
@@ -169,6 +187,13 @@ async fn revoke(args: RevokeArgs) -> Result<(), Failure> {
         .context("failed to revoke the token")?;
     match revoked {
         Some(record) => {
+            audit(
+                storage.as_ref(),
+                "token.revoke",
+                &record.name,
+                serde_json::Value::Null,
+            )
+            .await;
             eprintln!(
                 "revoked `{}`; a running coordinator rejects it from its next request (an agent already connected stays connected until POST /peers/{{peerId}}/revoke or its next reconnect)",
                 record.name
@@ -188,6 +213,14 @@ async fn enroll(args: EnrollArgs) -> Result<(), Failure> {
         auth::create_enrollment(storage.as_ref(), args.peer.as_deref(), args.ttl.as_secs())
             .await
             .map_err(issue_failure)?;
+    let request = serde_json::json!({ "peerId": args.peer, "ttlSecs": args.ttl.as_secs() });
+    audit(
+        storage.as_ref(),
+        "enrollment.create",
+        args.peer.as_deref().unwrap_or(""),
+        request,
+    )
+    .await;
 
     eprintln!(
         "created a one-time enrollment token for {}, valid until {}; put it in the agent config as enrollment_token:",

@@ -580,7 +580,7 @@ async fn enrollment_token_for_one_peer_cannot_enroll_another() {
     let config = cluster.agent_config("peer-b", &enrollment);
     cluster.start_agent("b", config).await;
 
-    let denied = cluster.wait_audit("agent.enroll", Some("peer-b")).await;
+    let denied = cluster.wait_audit("agent.denied", Some("peer-b")).await;
     assert_eq!(denied["outcome"], "enrollment_for_other_peer");
     assert!(!cluster.is_online("peer-b"));
 }
@@ -613,7 +613,7 @@ async fn enrolled_peer_id_cannot_be_taken_over() {
         first_entry["outcome"], "ok",
         "the genuine agent enrolled first"
     );
-    let refused = wait_for_outcome(&cluster, "agent.enroll", "peer_already_enrolled").await;
+    let refused = wait_for_outcome(&cluster, "agent.denied", "peer_already_enrolled").await;
     assert_eq!(refused["target"], "peer-a");
     assert!(!cluster.work_dir.path().join("intruder/credential").exists());
 }

@@ -170,3 +170,103 @@ async fn token_commands_bootstrap_a_secured_fleet() {
         "the coordinator log holds an agent credential"
     );
 }
+
+#[tokio::test]
+async fn token_commands_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path(), "[auth]\nenabled = true");
+    let config = dir.path().join("coordinator.toml");
+
+    let admin = token_command(&config, &["create", "--name", "boot", "--scope", "admin"]);
+    token_command(&config, &["enroll", "--peer", "node-1"]);
+    token_command(&config, &["create", "--name", "temp", "--scope", "read"]);
+    token_command(&config, &["revoke", "--name", "temp"]);
+
+    let response = reqwest::Client::new()
+        .get(format!("{}/audit", coordinator.url))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let entries: Vec<(String, String, String)> = body["data"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["source"] == "cli")
+        .map(|entry| {
+            (
+                entry["action"].as_str().unwrap().to_owned(),
+                entry["target"].as_str().unwrap().to_owned(),
+                entry["token"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("token.create", "boot"),
+        ("enrollment.create", "node-1"),
+        ("token.create", "temp"),
+        ("token.revoke", "temp"),
+    ];
+    for (action, target) in expected {
+        assert!(
+            entries
+                .iter()
+                .any(|(a, t, token)| a == action && t == target && token.is_empty()),
+            "no {action} {target} entry from the command line: {entries:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rejected_agent_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path(), "[auth]\nenabled = true");
+    let config = dir.path().join("coordinator.toml");
+    let enrollment = token_command(&config, &["enroll", "--peer", "someone-else"]);
+
+    // The coordinator accepts the upgrade and then closes the link at
+    // `Hello`, because the token is for another peer id.
+    let agent = AgentProcess::start(
+        dir.path(),
+        "node-x",
+        &coordinator.url,
+        &format!("enrollment_token = \"{}\"", enrollment.trim()),
+    );
+    let mut waits: Vec<u64> = Vec::new();
+    for _ in 0..100 {
+        waits = agent
+            .log()
+            .lines()
+            .filter_map(|line| line.split("retry_in_ms=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect();
+        if waits.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    assert!(
+        waits.len() >= 4,
+        "fewer than 4 redials within 10 s: {waits:?}"
+    );
+    assert!(
+        waits[3] >= 800,
+        "the fourth wait is {} ms, so the agent did not back off: {waits:?}",
+        waits[3]
+    );
+}
+
+#[test]
+fn database_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path(), "");
+
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let data_dir = coordinator.data_dir();
+    assert_eq!(mode(&data_dir), 0o700, "{}", data_dir.display());
+    assert_eq!(mode(&data_dir.join("coordinator.db")), 0o600);
+}

@@ -17,6 +17,14 @@ pub enum AccessError {
     ExpiredToken { token: String, expired_at: String },
     #[error("token `{token}` was revoked")]
     RevokedToken { token: String },
+    #[error("agent link without a token")]
+    AgentTokenMissing,
+    #[error("agent link token is not valid")]
+    AgentTokenInvalid,
+    #[error("enrollment token `{token}` was used or revoked")]
+    EnrollmentUsed { token: String },
+    #[error("agent credential `{token}` was revoked")]
+    CredentialRevoked { token: String },
     #[error("token `{token}` has scope {scope}, but the call needs {required}")]
     ScopeTooLow {
         token: String,
@@ -49,7 +57,11 @@ impl AccessError {
             AccessError::MissingToken
             | AccessError::InvalidToken
             | AccessError::ExpiredToken { .. }
-            | AccessError::RevokedToken { .. } => StatusCode::UNAUTHORIZED,
+            | AccessError::RevokedToken { .. }
+            | AccessError::AgentTokenMissing
+            | AccessError::AgentTokenInvalid
+            | AccessError::EnrollmentUsed { .. }
+            | AccessError::CredentialRevoked { .. } => StatusCode::UNAUTHORIZED,
             AccessError::ScopeTooLow { .. } => StatusCode::FORBIDDEN,
             AccessError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AccessError::TokenNameTaken { .. } => StatusCode::CONFLICT,
@@ -68,6 +80,9 @@ impl AccessError {
             AccessError::InvalidToken => 2,
             AccessError::ExpiredToken { .. } => 3,
             AccessError::RevokedToken { .. } => 4,
+            AccessError::AgentTokenMissing => 1,
+            AccessError::AgentTokenInvalid => 2,
+            AccessError::EnrollmentUsed { .. } | AccessError::CredentialRevoked { .. } => 4,
             AccessError::ScopeTooLow { .. } => 1,
             AccessError::RateLimited { .. } => 1,
             AccessError::TokenNameTaken { .. } => 1,
@@ -93,6 +108,14 @@ impl AccessError {
             ),
             AccessError::RevokedToken { token } => format!(
                 "token `{token}` was revoked; ask an admin for a new token"
+            ),
+            AccessError::AgentTokenMissing => "this coordinator requires agents to authenticate; set enrollment_token in the agent config to an enrollment token from `runwarden token enroll` or POST /enrollments, and restart the agent".to_owned(),
+            AccessError::AgentTokenInvalid => "the agent's token is not a valid enrollment token or agent credential for this coordinator (API tokens do not open agent links); set enrollment_token to a new enrollment token, delete credential_file if it is stale, and restart the agent".to_owned(),
+            AccessError::EnrollmentUsed { token } => format!(
+                "enrollment token `{token}` was already used or revoked; ask an admin for a new one with `runwarden token enroll`, set it as enrollment_token, and restart the agent"
+            ),
+            AccessError::CredentialRevoked { token } => format!(
+                "agent credential `{token}` was revoked; ask an admin for a new enrollment token, delete credential_file, set enrollment_token, and restart the agent"
             ),
             AccessError::ScopeTooLow { token, scope, required } => format!(
                 "token `{token}` has scope `{scope}`, but this call needs `{required}`; use a token with scope `{required}`"
@@ -125,6 +148,14 @@ impl AccessError {
             AccessError::RevokedToken { token } => {
                 format!("令牌 `{token}` 已被吊销；请向管理员申请新令牌")
             }
+            AccessError::AgentTokenMissing => "此协调器要求 agent 进行身份认证；请在 agent 配置中把 enrollment_token 设为由 `runwarden token enroll` 或 POST /enrollments 生成的注册令牌，然后重启 agent".to_owned(),
+            AccessError::AgentTokenInvalid => "agent 的令牌不是此协调器有效的注册令牌或 agent 凭据（API 令牌不能用于 agent 连接）；请把 enrollment_token 设为新的注册令牌，如凭据文件已失效则删除 credential_file，然后重启 agent".to_owned(),
+            AccessError::EnrollmentUsed { token } => format!(
+                "注册令牌 `{token}` 已被使用或已吊销；请向管理员申请新的注册令牌（`runwarden token enroll`），设为 enrollment_token 后重启 agent"
+            ),
+            AccessError::CredentialRevoked { token } => format!(
+                "agent 凭据 `{token}` 已被吊销；请向管理员申请新的注册令牌，删除 credential_file，设置 enrollment_token 后重启 agent"
+            ),
             AccessError::ScopeTooLow { token, scope, required } => format!(
                 "令牌 `{token}` 的权限范围是 `{scope}`，此调用需要 `{required}`；请使用权限范围为 `{required}` 的令牌"
             ),

@@ -51,30 +51,32 @@ pub async fn authenticate_link(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     let Some(presented) = presented else {
-        deny(
-            state,
-            caller,
-            "",
-            &ApiError::from(AccessError::MissingToken),
-        )
-        .await;
-        return Err(AccessError::MissingToken.into());
+        let error = ApiError::from(AccessError::AgentTokenMissing);
+        deny(state, caller, "", &error).await;
+        return Err(error);
     };
 
     let kinds = [TokenKind::Agent, TokenKind::Enrollment];
-    match verify_token(state.storage.as_ref(), presented, &kinds).await {
-        Ok(record) => Ok(identity_of(record)),
-        Err(VerifyError::Unknown(error)) => {
-            let error = ApiError::from(error);
-            deny(state, caller, "", &error).await;
-            Err(error)
+    let (error, token) = match verify_token(state.storage.as_ref(), presented, &kinds).await {
+        Ok(record) => return Ok(identity_of(record)),
+        Err(VerifyError::Unknown(_)) => (AccessError::AgentTokenInvalid, String::new()),
+        Err(VerifyError::Known { error, token }) => (link_error(error, &token), token),
+        Err(VerifyError::Storage(error)) => return Err(error.into()),
+    };
+    let error = ApiError::from(error);
+    deny(state, caller, &token, &error).await;
+    Err(error)
+}
+
+/// Rewords a revoked-token error for agents: a used enrollment token and a
+/// revoked credential each need their own fix.
+fn link_error(error: AccessError, token: &str) -> AccessError {
+    match error {
+        AccessError::RevokedToken { token: name } if token.starts_with("enroll:") => {
+            AccessError::EnrollmentUsed { token: name }
         }
-        Err(VerifyError::Known { error, token }) => {
-            let error = ApiError::from(error);
-            deny(state, caller, &token, &error).await;
-            Err(error)
-        }
-        Err(VerifyError::Storage(error)) => Err(error.into()),
+        AccessError::RevokedToken { token: name } => AccessError::CredentialRevoked { token: name },
+        other => other,
     }
 }
 
@@ -132,11 +134,12 @@ async fn enroll(
     peer_id: &str,
     caller: &Caller,
 ) -> Result<Option<String>, String> {
-    let entry = AuditRecord::new(caller, "agent.enroll")
-        .token(format!(
-            "enroll:{}:{enrollment_id}",
-            restricted.unwrap_or("*")
-        ))
+    let token_name = format!("enroll:{}:{enrollment_id}", restricted.unwrap_or("*"));
+    let enrolled = AuditRecord::new(caller, "agent.enroll")
+        .token(token_name.clone())
+        .target(peer_id);
+    let denied = AuditRecord::new(caller, "agent.denied")
+        .token(token_name)
         .target(peer_id);
 
     if let Some(only) = restricted
@@ -149,7 +152,7 @@ async fn enroll(
         );
         crate::audit::record(
             state.storage.as_ref(),
-            entry.outcome("enrollment_for_other_peer"),
+            denied.outcome("enrollment_for_other_peer"),
         )
         .await;
         return Err(format!(
@@ -180,7 +183,7 @@ async fn enroll(
     let refusal = match state.storage.enroll(enrollment_id, credential, now).await {
         Ok(Ok(())) => {
             info!(peer_id, "agent enrolled");
-            crate::audit::record(state.storage.as_ref(), entry).await;
+            crate::audit::record(state.storage.as_ref(), enrolled).await;
             return Ok(Some(issued.token));
         }
         Ok(Err(refusal)) => refusal,
@@ -203,7 +206,7 @@ async fn enroll(
         ),
     };
     warn!(peer_id, outcome, "agent enrollment rejected");
-    crate::audit::record(state.storage.as_ref(), entry.outcome(outcome)).await;
+    crate::audit::record(state.storage.as_ref(), denied.outcome(outcome)).await;
     Err(reason)
 }
 
