@@ -225,7 +225,7 @@ pub fn open_storage(config: &CoordinatorConfig) -> anyhow::Result<Arc<dyn Storag
         }
         StorageKind::Sqlite => {
             // A new data_dir is readable by the coordinator's user only: the
-            // database holds job output, token hashes and the audit log.
+            // database contains job output, token hashes and the audit log.
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)

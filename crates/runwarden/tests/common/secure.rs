@@ -141,7 +141,7 @@ impl SecureCluster {
         (status, headers, value)
     }
 
-    /// The agent config for `peer_id`, with its own data folder.
+    /// Returns the agent config for `peer_id`, with its own data folder.
     pub fn agent_config(&self, peer_id: &str, enrollment_token: &str) -> AgentConfig {
         let data_dir = self.agent_data_dir(peer_id);
         AgentConfig {
