@@ -258,7 +258,7 @@ impl AgentConfig {
         ))
     }
 
-    /// The file that keeps this agent's credential.
+    /// Returns the file that keeps this agent's credential.
     pub fn credential_path(&self) -> PathBuf {
         self.credential_file
             .clone()

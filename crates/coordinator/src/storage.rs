@@ -132,7 +132,7 @@ pub struct AuditRecord {
     /// Increasing id assigned by the store; ignored on insert.
     pub id: i64,
     pub time: SystemTime,
-    /// What happened, such as `task.create` or `auth.denied`.
+    /// Name of the action, such as `task.create` or `auth.denied`.
     pub action: String,
     /// `ok`, or the error code the caller got.
     pub outcome: String,
@@ -143,14 +143,14 @@ pub struct AuditRecord {
     pub creater: String,
     /// The caller's IP address and port.
     pub source: String,
-    /// What the action was on: a task id, script name, token name or peer
+    /// Object of the action: a task id, script name, token name or peer
     /// id.
     pub target: String,
     /// The request with secret values replaced; `null` when there is none.
     pub request: serde_json::Value,
 }
 
-/// Which audit entries to list, oldest first.
+/// Filter and page of an audit log listing, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     /// Only entries with an id above this one.

@@ -72,7 +72,8 @@ async fn create_audited_task(
     created
 }
 
-/// The request as the audit log keeps it, with secret values replaced.
+/// Returns the request as the audit log keeps it, with secret values
+/// replaced.
 fn audit_view(request: &ScriptRequest) -> serde_json::Value {
     let redacted = runwarden_protocol::secret::Redacted::new(request.clone());
     serde_json::to_value(redacted).unwrap_or(serde_json::Value::Null)
