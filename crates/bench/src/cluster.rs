@@ -10,16 +10,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use futures_util::future::{join_all, try_join_all};
 use runwarden_agent::RunningAgent;
 use runwarden_agent::config::AgentConfig;
-use runwarden_coordinator::config::{CoordinatorConfig, StorageKind};
+use runwarden_coordinator::auth::{self, token::Scope, token::TokenKind};
+use runwarden_coordinator::config::{AuthConfig, CoordinatorConfig, StorageKind};
 use runwarden_coordinator::server::{RunningCoordinator, open_storage};
-use runwarden_coordinator::storage::Storage;
 use runwarden_coordinator::storage::memory::MemoryStorage;
+use runwarden_coordinator::storage::{Storage, TokenRecord};
 use serde_json::{Value, json};
 
 use crate::child::{ChildProcess, agent_config};
@@ -37,6 +38,9 @@ pub struct ClusterSpec {
     /// Agents per child process; 0 runs every agent in this process, beside
     /// the coordinator.
     pub agents_per_process: usize,
+    /// Turns on `[auth]`: the client sends an admin token, and each agent
+    /// presents its own credential. Needs SQLite storage.
+    pub auth: bool,
 }
 
 impl ClusterSpec {
@@ -51,6 +55,7 @@ impl ClusterSpec {
             policy: None,
             max_concurrent_jobs: AgentConfig::default().max_concurrent_jobs,
             agents_per_process: 1,
+            auth: false,
         }
     }
 }
@@ -62,6 +67,43 @@ pub struct Cluster {
     agents: Vec<RunningAgent>,
     agent_processes: Vec<ChildProcess>,
     work_dir: tempfile::TempDir,
+}
+
+/// Stores an admin token and one agent credential per peer, writes each
+/// credential where its agent reads it (`agent-<peer>/credential` under
+/// `dir`), and returns the admin token. Agents skip enrollment this way,
+/// which a bench does not measure.
+async fn provision_credentials(
+    storage: &dyn Storage,
+    peers: &[String],
+    dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    let (_, admin) = auth::create_api_token(storage, "bench-admin", Scope::Admin, 0)
+        .await
+        .context("failed to create the bench's admin token")?;
+
+    for peer in peers {
+        let issued = auth::token::issue(TokenKind::Agent).context("failed to make a credential")?;
+        let record = TokenRecord {
+            token_id: issued.token_id.clone(),
+            name: auth::agent_credential_name(peer),
+            kind: TokenKind::Agent,
+            scope: None,
+            peer_id: Some(peer.clone()),
+            secret_hash: issued.secret_hash.clone(),
+            created_at: SystemTime::now(),
+            expires_at: None,
+            revoked_at: None,
+        };
+        storage.insert_token(record).await?;
+
+        let agent_dir = dir.join(format!("agent-{peer}"));
+        std::fs::create_dir_all(&agent_dir)
+            .with_context(|| format!("failed to create {}", agent_dir.display()))?;
+        std::fs::write(agent_dir.join("credential"), &issued.token)
+            .with_context(|| format!("failed to write the credential of {peer}"))?;
+    }
+    Ok(admin)
 }
 
 /// Maximum wait for a child process to start its agents.
@@ -79,17 +121,28 @@ impl Cluster {
             data_dir: work_dir.path().join("coordinator"),
             policy: spec.policy.clone(),
             max_peers_per_task: spec.agents.max(1),
+            auth: AuthConfig {
+                enabled: spec.auth,
+                ..AuthConfig::default()
+            },
             ..CoordinatorConfig::default()
         };
         let storage: Arc<dyn Storage> = match spec.storage {
             StorageKind::Memory => Arc::new(MemoryStorage::new()),
             StorageKind::Sqlite => open_storage(&config)?,
         };
-        let coordinator = RunningCoordinator::start(config, storage).await?;
-        let api = Api::new(format!("http://{}", coordinator.local_addr));
         let peers: Vec<String> = (0..spec.agents)
             .map(|n| format!("{}-{n}", spec.peer_prefix))
             .collect();
+        let token = if spec.auth {
+            Some(provision_credentials(storage.as_ref(), &peers, work_dir.path()).await?)
+        } else {
+            None
+        };
+
+        let coordinator = RunningCoordinator::start(config, storage).await?;
+        let mut api = Api::new(format!("http://{}", coordinator.local_addr));
+        api.token = token;
         let mut cluster = Cluster {
             api,
             peers,
@@ -208,6 +261,9 @@ impl Cluster {
 pub struct Api {
     pub base_url: String,
     client: reqwest::Client,
+    /// Bearer token sent with every call, when the coordinator has `[auth]`
+    /// on.
+    pub token: Option<String>,
 }
 
 /// Maximum wait for one API call. Calls that wait for jobs (`/script/sync`)
@@ -219,6 +275,14 @@ impl Api {
         Api {
             base_url,
             client: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
     }
 
@@ -228,8 +292,7 @@ impl Api {
         let url = format!("{}{path}", self.base_url);
         let call = async {
             let response = self
-                .client
-                .post(&url)
+                .authorized(self.client.post(&url))
                 .json(body)
                 .send()
                 .await
@@ -253,8 +316,7 @@ impl Api {
         let url = format!("{}{path}", self.base_url);
         let call = async {
             let response = self
-                .client
-                .get(&url)
+                .authorized(self.client.get(&url))
                 .send()
                 .await
                 .with_context(|| format!("GET {url} failed"))?;

@@ -1,6 +1,6 @@
 //! Latency of one `/script/sync` call that runs `true` on one agent, with
-//! memory and with SQLite storage, against spawning `/bin/sh -c true`
-//! directly.
+//! memory storage, with SQLite storage, and with SQLite storage and
+//! authentication on, against spawning `/bin/sh -c true` directly.
 //!
 //! The three are measured in turns (one call each, then again), so that
 //! noise from the rest of the machine falls on all of them alike.
@@ -29,24 +29,34 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         ..ClusterSpec::new(1, "latency-sqlite")
     };
     let sqlite = Cluster::start(&sqlite_spec).await?;
+    let auth_spec = ClusterSpec {
+        storage: StorageKind::Sqlite,
+        auth: true,
+        ..ClusterSpec::new(1, "latency-auth")
+    };
+    let auth = Cluster::start(&auth_spec).await?;
 
     for _ in 0..WARM_UP_CALLS {
         timed_sync(&memory).await?;
         timed_sync(&sqlite).await?;
+        timed_sync(&auth).await?;
         floor::spawn_true().await?;
     }
 
     let runs = settings.latency_runs;
     let mut memory_samples = Vec::with_capacity(runs);
     let mut sqlite_samples = Vec::with_capacity(runs);
+    let mut auth_samples = Vec::with_capacity(runs);
     let mut floor_samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         memory_samples.push(timed_sync(&memory).await?);
         sqlite_samples.push(timed_sync(&sqlite).await?);
+        auth_samples.push(timed_sync(&auth).await?);
         floor_samples.push(floor::spawn_true().await?);
     }
     memory.stop().await?;
     sqlite.stop().await?;
+    auth.stop().await?;
 
     let floor = Figure::millis(
         "sync_floor",
@@ -69,6 +79,15 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             SECTION,
             "/script/sync `true`, 1 agent, SQLite storage",
             &sqlite_samples,
+        )
+        .with_floor(&floor),
+    );
+    report.push(
+        Figure::millis(
+            "sync_latency_sqlite_auth",
+            SECTION,
+            "/script/sync `true`, 1 agent, SQLite storage, [auth] on (token check and audit entry)",
+            &auth_samples,
         )
         .with_floor(&floor),
     );
