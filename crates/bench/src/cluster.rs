@@ -16,11 +16,11 @@ use anyhow::{Context as _, bail};
 use futures_util::future::{join_all, try_join_all};
 use runwarden_agent::RunningAgent;
 use runwarden_agent::config::AgentConfig;
-use runwarden_coordinator::auth::{self, token::Scope, token::TokenKind};
+use runwarden_coordinator::auth::{self, token::Scope};
 use runwarden_coordinator::config::{AuthConfig, CoordinatorConfig, StorageKind};
 use runwarden_coordinator::server::{RunningCoordinator, open_storage};
+use runwarden_coordinator::storage::Storage;
 use runwarden_coordinator::storage::memory::MemoryStorage;
-use runwarden_coordinator::storage::{Storage, TokenRecord};
 use serde_json::{Value, json};
 
 use crate::child::{ChildProcess, agent_config};
@@ -83,24 +83,14 @@ async fn provision_credentials(
         .context("failed to create the bench's admin token")?;
 
     for peer in peers {
-        let issued = auth::token::issue(TokenKind::Agent).context("failed to make a credential")?;
-        let record = TokenRecord {
-            token_id: issued.token_id.clone(),
-            name: auth::agent_credential_name(peer),
-            kind: TokenKind::Agent,
-            scope: None,
-            peer_id: Some(peer.clone()),
-            secret_hash: issued.secret_hash.clone(),
-            created_at: SystemTime::now(),
-            expires_at: None,
-            revoked_at: None,
-        };
+        let (record, credential) = auth::new_agent_credential(peer, SystemTime::now())
+            .context("failed to make a credential")?;
         storage.insert_token(record).await?;
 
         let agent_dir = dir.join(format!("agent-{peer}"));
         std::fs::create_dir_all(&agent_dir)
             .with_context(|| format!("failed to create {}", agent_dir.display()))?;
-        std::fs::write(agent_dir.join("credential"), &issued.token)
+        std::fs::write(agent_dir.join("credential"), &credential)
             .with_context(|| format!("failed to write the credential of {peer}"))?;
     }
     Ok(admin)

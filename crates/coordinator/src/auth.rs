@@ -17,10 +17,15 @@ use std::time::{Duration, Instant, SystemTime};
 pub use api::authenticate_api;
 pub use rate::RateLimiter;
 
+use axum::http::HeaderValue;
+use std::net::SocketAddr;
+use tracing::warn;
+
 use crate::error::{
     AccessError, ENROLLMENT_TTL_EXPECTED, NAME_EXPECTED, PEER_EXPECTED, TTL_EXPECTED,
 };
-use crate::storage::{Storage, StorageError, TokenRecord};
+use crate::state::AppState;
+use crate::storage::{AuditRecord, Storage, StorageError, TokenRecord};
 use token::{Scope, TokenKind};
 
 /// The caller of a REST request, as authentication found it. Handlers take
@@ -50,7 +55,8 @@ pub struct AuthState {
     denials: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
-/// Maximum `auth.denied` entries stored per source IP per minute. Further
+/// Maximum denial entries (`auth.denied`, `agent.denied`) stored per source
+/// IP per minute. Further
 /// denials only get a log line, so a flood of bad tokens cannot fill the
 /// disk.
 const DENIALS_STORED_PER_MINUTE: u32 = 20;
@@ -209,6 +215,31 @@ pub async fn create_enrollment(
     Ok((record, issued.token))
 }
 
+/// Makes a new credential for the agent on `peer_id` and returns the record
+/// to store and the token to hand to the agent. Nothing is stored yet.
+///
+/// # Errors
+///
+/// Fails only when the operating system has no random source.
+pub fn new_agent_credential(
+    peer_id: &str,
+    now: SystemTime,
+) -> Result<(TokenRecord, String), getrandom::Error> {
+    let issued = token::issue(TokenKind::Agent)?;
+    let record = TokenRecord {
+        token_id: issued.token_id.clone(),
+        name: agent_credential_name(peer_id),
+        kind: TokenKind::Agent,
+        scope: None,
+        peer_id: Some(peer_id.to_owned()),
+        secret_hash: issued.secret_hash.clone(),
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+    };
+    Ok((record, issued.token))
+}
+
 /// Name of the credential of the agent on `peer_id`.
 pub fn agent_credential_name(peer_id: &str) -> String {
     format!("agent:{peer_id}")
@@ -272,4 +303,46 @@ pub enum VerifyError {
     Known { error: AccessError, token: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// Returns the token of an `Authorization: Bearer` header.
+///
+/// # Errors
+///
+/// Returns [`AccessError::MissingToken`] without the header or with another
+/// scheme, and [`AccessError::InvalidToken`] for a value that is not ASCII
+/// or has no token.
+pub fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, AccessError> {
+    let Some(value) = authorization else {
+        return Err(AccessError::MissingToken);
+    };
+    let value = value.to_str().map_err(|_| AccessError::InvalidToken)?;
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Err(AccessError::InvalidToken);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AccessError::MissingToken);
+    }
+    Ok(token.trim())
+}
+
+/// Writes an audit entry for a rejected call or agent link. Past
+/// [`DENIALS_STORED_PER_MINUTE`] from one source IP address in a minute,
+/// the denial only gets a warning line.
+pub async fn record_denial(state: &AppState, entry: AuditRecord) {
+    let source_ip = entry
+        .source
+        .parse::<SocketAddr>()
+        .map(|address| address.ip().to_string())
+        .unwrap_or_else(|_| entry.source.clone());
+    if !state.auth.denial_storable(&source_ip) {
+        warn!(
+            action = %entry.action,
+            source = %entry.source,
+            outcome = %entry.outcome,
+            "access denied; more denials from this source this minute are only logged"
+        );
+        return;
+    }
+    crate::audit::record(state.storage.as_ref(), entry).await;
 }

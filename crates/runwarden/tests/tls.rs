@@ -85,6 +85,14 @@ fn run_binary(args: &[&str], dir: &Path) -> Finished {
     }
 }
 
+/// Writes `text` to `dir/COMMAND.toml` and runs `runwarden COMMAND --config`
+/// with it until it exits.
+fn run_with_config(dir: &Path, command: &str, text: &str) -> Finished {
+    let config = dir.join(format!("{command}.toml"));
+    std::fs::write(&config, text).unwrap();
+    run_binary(&[command, "--config", &config.display().to_string()], dir)
+}
+
 /// Runs `runwarden certs --out DIR/name` with `--host` for each of `hosts`
 /// (none keeps the defaults), and reads the fingerprint it printed.
 fn make_certs(dir: &Path, name: &str, hosts: &[&str]) -> DevCerts {
@@ -410,21 +418,15 @@ fn tls_agent_on_plain_port_is_told() {
 #[test]
 fn missing_cert_file_is_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("coordinator.toml");
     let missing = dir.path().join("missing-cert.pem");
-    std::fs::write(
-        &config,
-        format!(
+    let finished = run_with_config(
+        dir.path(),
+        "coordinator",
+        &format!(
             "listen = \"127.0.0.1:0\"\nstorage = \"memory\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             missing.display(),
             dir.path().join("missing-key.pem").display()
         ),
-    )
-    .unwrap();
-
-    let finished = run_binary(
-        &["coordinator", "--config", &config.display().to_string()],
-        dir.path(),
     );
     assert_eq!(finished.status.code(), Some(64), "{}", finished.stderr);
     assert!(
@@ -439,20 +441,14 @@ fn missing_cert_file_is_config_error() {
 fn mismatched_key_is_config_error() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path(), "certs", &[]);
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let finished = run_with_config(
+        dir.path(),
+        "coordinator",
+        &format!(
             "listen = \"127.0.0.1:0\"\nstorage = \"memory\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             certs.cert().display(),
             certs.dir.join("ca-key.pem").display()
         ),
-    )
-    .unwrap();
-
-    let finished = run_binary(
-        &["coordinator", "--config", &config.display().to_string()],
-        dir.path(),
     );
     assert_eq!(finished.status.code(), Some(64), "{}", finished.stderr);
     assert!(
@@ -465,16 +461,10 @@ fn mismatched_key_is_config_error() {
 #[test]
 fn tls_options_with_plain_url_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        "coordinator_url = \"http://127.0.0.1:7300\"\ntls_ca_file = \"/etc/runwarden/ca.pem\"\n",
-    )
-    .unwrap();
-
-    let finished = run_binary(
-        &["agent", "--config", &config.display().to_string()],
+    let finished = run_with_config(
         dir.path(),
+        "agent",
+        "coordinator_url = \"http://127.0.0.1:7300\"\ntls_ca_file = \"/etc/runwarden/ca.pem\"\n",
     );
     assert_eq!(finished.status.code(), Some(64), "{}", finished.stderr);
     assert!(
@@ -487,21 +477,15 @@ fn tls_options_with_plain_url_rejected() {
 #[test]
 fn missing_ca_file_is_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
     let missing = dir.path().join("missing-ca.pem");
-    std::fs::write(
-        &config,
-        format!(
+    let finished = run_with_config(
+        dir.path(),
+        "agent",
+        &format!(
             "coordinator_url = \"https://127.0.0.1:7300\"\ntls_ca_file = \"{}\"\ndata_dir = \"{}\"\nuse_cgroups = false\n",
             missing.display(),
             dir.path().join("agent-data").display()
         ),
-    )
-    .unwrap();
-
-    let finished = run_binary(
-        &["agent", "--config", &config.display().to_string()],
-        dir.path(),
     );
     assert_eq!(finished.status.code(), Some(64), "{}", finished.stderr);
     assert!(

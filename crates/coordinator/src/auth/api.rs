@@ -8,10 +8,9 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use runwarden_protocol::link::AGENT_LINK_PATH;
-use tracing::warn;
 
 use super::token::{Scope, TokenKind};
-use super::{Caller, VerifyError, verify_token};
+use super::{Caller, VerifyError, bearer_token, record_denial, verify_token};
 use crate::error::{AccessError, ApiError};
 use crate::server::ClientAddr;
 use crate::state::AppState;
@@ -102,7 +101,7 @@ async fn authorize(
         return Ok(anonymous);
     }
 
-    let presented = match bearer_token(authorization) {
+    let presented = match bearer_token(authorization).map_err(ApiError::from) {
         Ok(presented) => presented,
         Err(error) => {
             audit_denial(state, "", source, method, path, &error).await;
@@ -147,21 +146,6 @@ async fn authorize(
     Ok(caller)
 }
 
-/// Returns the token of an `Authorization: Bearer` header.
-fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, ApiError> {
-    let Some(value) = authorization else {
-        return Err(AccessError::MissingToken.into());
-    };
-    let value = value.to_str().map_err(|_| AccessError::InvalidToken)?;
-    let Some((scheme, token)) = value.split_once(' ') else {
-        return Err(AccessError::InvalidToken.into());
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AccessError::MissingToken.into());
-    }
-    Ok(token.trim())
-}
-
 fn check_rate(
     state: &AppState,
     caller: &Caller,
@@ -199,18 +183,6 @@ async fn audit_denial(
     path: &str,
     error: &ApiError,
 ) {
-    let source_ip = source
-        .map(|address| address.ip().to_string())
-        .unwrap_or_default();
-    if !state.auth.denial_storable(&source_ip) {
-        warn!(
-            source = %source_ip,
-            code = error.code(),
-            "request denied; more denials from this source this minute are only logged"
-        );
-        return;
-    }
-
     let caller = Caller {
         token: token.to_owned(),
         source: source
@@ -220,7 +192,7 @@ async fn audit_denial(
     let entry = AuditRecord::new(&caller, "auth.denied")
         .target(format!("{method} {path}"))
         .outcome(error.code().to_string());
-    crate::audit::record(state.storage.as_ref(), entry).await;
+    record_denial(state, entry).await;
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use axum::http::{HeaderMap, header};
 use tracing::{info, warn};
 
-use crate::auth::token::{self, TokenKind};
-use crate::auth::{self, Caller, VerifyError, verify_token};
+use crate::auth::token::TokenKind;
+use crate::auth::{self, Caller, VerifyError, bearer_token, record_denial, verify_token};
 use crate::error::{AccessError, ApiError};
 use crate::state::AppState;
 use crate::storage::{AuditRecord, EnrollRefusal, TokenRecord};
@@ -44,12 +44,7 @@ pub async fn authenticate_link(
         return Ok(LinkIdentity::Open);
     }
 
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+    let presented = bearer_token(headers.get(header::AUTHORIZATION)).ok();
     let Some(presented) = presented else {
         let error = ApiError::from(AccessError::AgentTokenMissing);
         deny(state, caller, "", &error).await;
@@ -160,31 +155,20 @@ async fn enroll(
         ));
     }
 
-    let issued = match token::issue(TokenKind::Agent) {
-        Ok(issued) => issued,
+    let now = SystemTime::now();
+    let (credential, token) = match auth::new_agent_credential(peer_id, now) {
+        Ok(made) => made,
         Err(error) => {
             warn!(%error, "failed to read random bytes for an agent credential");
             return Err("coordinator failed to make a credential; retry later".to_owned());
         }
-    };
-    let now = SystemTime::now();
-    let credential = TokenRecord {
-        token_id: issued.token_id.clone(),
-        name: auth::agent_credential_name(peer_id),
-        kind: TokenKind::Agent,
-        scope: None,
-        peer_id: Some(peer_id.to_owned()),
-        secret_hash: issued.secret_hash.clone(),
-        created_at: now,
-        expires_at: None,
-        revoked_at: None,
     };
 
     let refusal = match state.storage.enroll(enrollment_id, credential, now).await {
         Ok(Ok(())) => {
             info!(peer_id, "agent enrolled");
             crate::audit::record(state.storage.as_ref(), enrolled).await;
-            return Ok(Some(issued.token));
+            return Ok(Some(token));
         }
         Ok(Err(refusal)) => refusal,
         Err(error) => {
@@ -211,17 +195,9 @@ async fn enroll(
 }
 
 async fn deny(state: &AppState, caller: &Caller, token: &str, error: &ApiError) {
-    let source_ip = caller
-        .source
-        .rsplit_once(':')
-        .map_or(caller.source.as_str(), |(ip, _)| ip);
-    if !state.auth.denial_storable(source_ip) {
-        warn!(source = %caller.source, code = error.code(), "agent link denied; more denials from this source this minute are only logged");
-        return;
-    }
     let entry = AuditRecord::new(caller, "agent.denied")
         .token(token)
         .target(runwarden_protocol::link::AGENT_LINK_PATH)
         .outcome(error.code().to_string());
-    crate::audit::record(state.storage.as_ref(), entry).await;
+    record_denial(state, entry).await;
 }
