@@ -11,16 +11,17 @@
 //!
 //! - [`SecretEnv`] contains the variables. Its `Debug` output shows names only,
 //!   so a `{:?}` of a request never prints a value.
-//! - [`Redact`] is implemented by every request type that holds a
+//! - [`Redact`] is implemented by every request type that contains a
 //!   [`SecretEnv`]: [`ScriptContent`](crate::api::ScriptContent),
 //!   [`ScriptRequest`](crate::api::ScriptRequest) and
 //!   [`JobRequest`](crate::api::JobRequest). Each of them also has an
 //!   inherent `redacted(&self)` that returns a redacted copy.
 //! - [`Redacted<T>`] is a value that went through [`Redact::redact`]. Stores
-//!   (the coordinator's database, the agent's journal) and answers that show
-//!   a request hold this type, so a caller cannot hand them a request with
-//!   secret values by accident: the only ways to build a `Redacted<T>` are
-//!   [`Redacted::new`] and deserialization, and both redact.
+//!   (the coordinator's database, the agent's journal) and API responses
+//!   that show a request store this type, so a caller cannot hand them a
+//!   request with secret values by accident. The only ways to build a
+//!   `Redacted<T>` are [`Redacted::new`] and deserialization, and both
+//!   redact.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -136,7 +137,7 @@ impl<'de> Visitor<'de> for SecretEnvVisitor {
 }
 
 /// One secret value while it is parsed. It requests any type, so that its
-/// visitor sees numbers and booleans and rejects them itself, because
+/// visitor receives numbers and booleans and rejects them itself, because
 /// serde_json's own error for a non-string quotes the value. This needs a
 /// self-describing format such as JSON.
 struct SecretValue(String);

@@ -3,9 +3,10 @@
 //!
 //! Each job proves that it got its secret by printing the value's sha256 or
 //! length, never the value. The tests then look for the value, raw and
-//! hex-encoded, in every log line of the coordinator and the agent, in
-//! every file of their data folders (the database with its `-wal` and
-//! `-shm` files, the agent's journal and caches) and in every API response.
+//! hex-encoded, in three places. They search every log line of the
+//! coordinator and the agent, and every API response. They also search
+//! every file of both data folders: the database with its `-wal` and `-shm`
+//! files, and the agent's journal and caches.
 
 mod common;
 
